@@ -1,0 +1,674 @@
+// Package actor owns the session store in memory: one goroutine (Run) applies every
+// request in the order it was queued, makes each batch durable with one journal append
+// and one fsync (group commit), answers the batch, and has sessions.json rewritten in
+// the background from an immutable view.
+//
+// Concurrency: Submit and Stats are safe from any goroutine and never block on the store;
+// everything else happens on the goroutine that calls Run. Results are copies: no caller
+// ever holds a pointer into the store.
+//
+// What it does not do: sockets and JSON-RPC framing (package ipc), file formats (package
+// persist), signals and process lifetime (cmd/sessiond).
+package actor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"sessiond/persist"
+)
+
+// Config is what an Actor needs; zero fields take the defaults noted.
+type Config struct {
+	Store            string        // path of sessions.json (required)
+	FS               persist.FS    // default persist.OS{}
+	Logger           *slog.Logger  // default: discard
+	QueueSize        int           // mailbox capacity; a full mailbox answers busy (default 4096)
+	MaxBatch         int           // requests per group commit at most (default 1024)
+	MaxValueBytes    int           // largest encoded entry (default 16 MiB)
+	MaxDepth         int           // deepest JSON nesting of params (default 64)
+	SnapshotInterval time.Duration // snapshot at most this long after a change (default 1s; <0: only on flush and stop)
+	SyncInterval     time.Duration // durable:false writes reach the disk within this (default 1s)
+	DedupWindow      time.Duration // request_id records kept at least this long (default 5m)
+	DedupMax         int           // ...unless there are more than this many (default 1,000,000)
+	CompactBytes     int64         // rewrite the journal after a snapshot once it is larger (default 64 MiB)
+	RetryInterval    time.Duration // retry a failed disk step after this (default 500ms)
+	Now              func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.FS == nil {
+		c.FS = persist.OS{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.QueueSize, 4096)
+	def(&c.MaxBatch, 1024)
+	def(&c.MaxValueBytes, 16<<20)
+	def(&c.MaxDepth, 64)
+	def(&c.DedupMax, 1_000_000)
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defDur(&c.SnapshotInterval, time.Second)
+	defDur(&c.SyncInterval, time.Second)
+	defDur(&c.DedupWindow, 5*time.Minute)
+	defDur(&c.RetryInterval, 500*time.Millisecond)
+	if c.CompactBytes <= 0 {
+		c.CompactBytes = 64 << 20
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Actor is the single owner of a store. Create it with Open, run it with Run.
+type Actor struct {
+	cfg         Config
+	log         *slog.Logger
+	journalPath string
+
+	// mu orders Submit's send against the stop in Run: once stopping is set under the
+	// write lock no request can enter the mailbox, so the final drain misses none.
+	mu       sync.RWMutex
+	stopping bool
+	mailbox  chan *request // requests from Submit, in arrival order
+
+	intents  chan intentReq  // from the snapshot goroutine: make an intent durable
+	snapDone chan snapResult // from the snapshot goroutine: it finished
+
+	// Owned by the Run goroutine.
+	st          *store
+	dedup       *dedupTable
+	rev         int64 // highest revision issued
+	durableRev  int64 // highest revision fsync'd
+	appendedRev int64 // highest revision written to the journal
+	journal     *persist.Journal
+	base        persist.SnapshotID   // what sessions.json holds
+	intentsOut  []persist.SnapshotID // intents made durable since base: one may be on disk
+	stamp       persist.Stamp        // sessions.json as we last left it
+	tail        []tailRecord         // journal records after base, to rebuild a journal from
+	held        []heldReply          // error answers waiting until a failed journal is replaced
+	waiters     []flushWaiter
+	snapRunning bool
+	snapAgain   bool
+	snapC       <-chan time.Time // snapshot timer, nil when not armed
+	syncC       <-chan time.Time // fsync timer for durable:false writes
+	retryC      <-chan time.Time // retry timer for a failed disk step
+	journalErr  error
+	snapErr     error
+
+	stats struct {
+		rev, durableRev, snapshotRev, bytes, dedupOldest atomic.Int64
+		entries, external                                atomic.Int64
+		degraded                                         atomic.Pointer[string]
+	}
+}
+
+type tailRecord struct {
+	rev  int64
+	data []byte // the encoded frame
+}
+
+type heldReply struct {
+	reply chan Reply
+	rep   Reply
+}
+
+type flushWaiter struct {
+	rev   int64
+	reply chan Reply
+}
+
+type intentReq struct {
+	id    persist.SnapshotID
+	reply chan error
+}
+
+type snapResult struct {
+	id    persist.SnapshotID
+	err   error
+	stamp persist.Stamp
+	aside string
+	took  time.Duration
+}
+
+// Open loads the store (sessions.json plus the journal) and makes it ready to Run. It
+// blocks for the load; the caller holds the ownership lock already.
+func Open(cfg Config) (*Actor, error) {
+	cfg.setDefaults()
+	a := &Actor{
+		cfg:         cfg,
+		log:         cfg.Logger.With("component", "actor"),
+		journalPath: cfg.Store + ".journal",
+		mailbox:     make(chan *request, cfg.QueueSize),
+		intents:     make(chan intentReq),
+		snapDone:    make(chan snapResult),
+		st:          newStore(),
+		dedup:       newDedupTable(),
+	}
+	if err := a.recover(); err != nil {
+		return nil, err
+	}
+	a.publish()
+	return a, nil
+}
+
+// Submit parses and validates a request on the caller's goroutine, queues it and returns
+// at once. Exactly one Reply arrives on the returned channel. It never blocks: a full
+// mailbox is answered busy, a stopping actor shutting_down. Goroutine-safe.
+func (a *Actor) Submit(method string, params []byte) <-chan Reply {
+	r, perr := a.parse(method, params)
+	if perr != nil {
+		return answered(Reply{Err: perr})
+	}
+	ch := make(chan Reply, 1)
+	r.reply = ch
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.stopping {
+		return answered(Reply{Err: errorf(ReasonShuttingDown, true, "the server is stopping; retry on a new connection")})
+	}
+	select {
+	case a.mailbox <- r:
+		return ch
+	default:
+		e := errorf(ReasonBusy, true, "the request queue is full (%d)", cap(a.mailbox))
+		e.Data = map[string]any{"retry_after_ms": 10}
+		return answered(Reply{Err: e})
+	}
+}
+
+func answered(rep Reply) <-chan Reply {
+	ch := make(chan Reply, 1)
+	ch <- rep
+	return ch
+}
+
+// Stats reports the store's numbers as of the last batch. Goroutine-safe, non-blocking.
+func (a *Actor) Stats() Stats {
+	now := a.cfg.Now().UnixMilli()
+	s := Stats{
+		Rev:         a.stats.rev.Load(),
+		DurableRev:  a.stats.durableRev.Load(),
+		SnapshotRev: a.stats.snapshotRev.Load(),
+		Entries:     int(a.stats.entries.Load()),
+		Bytes:       a.stats.bytes.Load(),
+		Queue:       len(a.mailbox),
+		DedupWindow: now - a.stats.dedupOldest.Load(),
+		Store:       a.cfg.Store,
+		External:    int(a.stats.external.Load()),
+	}
+	if d := a.stats.degraded.Load(); d != nil {
+		s.Degraded = *d
+	}
+	return s
+}
+
+// publish copies the numbers Stats reports; called by the Run goroutine after changes.
+func (a *Actor) publish() {
+	a.stats.rev.Store(a.rev)
+	a.stats.durableRev.Store(a.durableRev)
+	a.stats.snapshotRev.Store(a.base.Rev)
+	a.stats.entries.Store(int64(a.st.len()))
+	a.stats.bytes.Store(a.st.fileSize())
+	a.stats.dedupOldest.Store(a.dedup.oldest(a.cfg.Now().UnixMilli()))
+	var d string
+	switch {
+	case a.journalErr != nil && a.snapErr != nil:
+		d = a.journalErr.Error() + "; " + a.snapErr.Error()
+	case a.journalErr != nil:
+		d = a.journalErr.Error()
+	case a.snapErr != nil:
+		d = a.snapErr.Error()
+	}
+	a.stats.degraded.Store(&d)
+}
+
+// Run applies requests until ctx is done, then stops taking new ones, answers every
+// request already queued, writes the final snapshot and returns. The error is non-nil
+// when the final snapshot could not be written (the journal still holds every
+// acknowledged write). Blocks; call once.
+func (a *Actor) Run(ctx context.Context) error {
+	a.log.Info("serving", "rev", a.rev, "entries", a.st.len())
+	a.armSnapshot()
+	for {
+		select {
+		case r := <-a.mailbox:
+			a.runBatch(r)
+		case req := <-a.intents:
+			req.reply <- a.makeIntentDurable(req.id)
+		case res := <-a.snapDone:
+			a.finishSnapshot(res)
+		case <-a.snapC:
+			a.snapC = nil
+			a.startSnapshot()
+		case <-a.syncC:
+			a.syncC = nil
+			a.syncJournal()
+		case <-a.retryC:
+			a.retryC = nil
+			a.retry()
+		case <-ctx.Done():
+			return a.stop()
+		}
+		a.publish()
+	}
+}
+
+// stop is Run's ending: no new requests, the queued ones answered, the running
+// snapshot awaited, a final one written, the journal closed.
+func (a *Actor) stop() error {
+	start := time.Now()
+	a.log.Info("stopping: answering queued requests and writing the final snapshot", "queued", len(a.mailbox))
+	a.mu.Lock()
+	a.stopping = true
+	a.mu.Unlock()
+	for {
+		select {
+		case r := <-a.mailbox:
+			a.runBatch(r)
+			continue
+		default:
+		}
+		break
+	}
+	a.waitSnapshot()
+	if a.journalErr != nil {
+		a.retry()
+	}
+	var err error
+	if a.rev > a.base.Rev || !a.stamp.Exists {
+		a.startSnapshot()
+		a.waitSnapshot()
+		err = a.snapErr
+	}
+	for _, h := range a.held {
+		a.log.Error("answering storage_error although the failed journal could not be replaced; those writes may reappear at the next start")
+		h.reply <- h.rep
+	}
+	a.held = nil
+	a.failWaiters(a.rev, errors.New("the server stopped before the snapshot was written"))
+	if cerr := a.journal.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close journal: %w", cerr)
+	}
+	a.publish()
+	if err != nil {
+		a.log.Error("stopped without a final snapshot; the journal holds every acknowledged write", "err", err)
+		return fmt.Errorf("final snapshot: %w", err)
+	}
+	a.log.Info("actor stopped", "rev", a.rev, "snapshot_rev", a.base.Rev, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// waitSnapshot waits for a running snapshot while still serving its intent request.
+func (a *Actor) waitSnapshot() {
+	for a.snapRunning {
+		select {
+		case req := <-a.intents:
+			req.reply <- a.makeIntentDurable(req.id)
+		case res := <-a.snapDone:
+			a.snapAgain = false
+			a.finishSnapshot(res)
+			a.snapC = nil
+		}
+	}
+}
+
+// runBatch is one group commit: everything queued (up to MaxBatch) is applied in order,
+// the journal frames of the whole batch are written with one append and, if any write
+// asked for it, one fsync; then every request is answered. If the append or fsync fails,
+// the batch is rolled back in memory and every request from the first write on gets
+// storage_error: an error answer never hides a write that later appears.
+func (a *Actor) runBatch(first *request) {
+	batch := []*request{first}
+	for len(batch) < a.cfg.MaxBatch {
+		select {
+		case r := <-a.mailbox:
+			batch = append(batch, r)
+			continue
+		default:
+		}
+		break
+	}
+	if a.journal.Broken() != nil {
+		a.retry()
+	}
+	now := a.cfg.Now().UnixMilli()
+	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	mark, startRev := a.st.mark(), a.rev
+	replies := make([]Reply, len(batch))
+	var frames []byte
+	var tail []tailRecord
+	firstWrite, needSync := -1, false
+	for i, r := range batch {
+		if r.kind == kindFlush {
+			continue
+		}
+		rep, rec := a.apply(r, now)
+		replies[i] = rep
+		if rec == nil {
+			continue
+		}
+		if firstWrite < 0 {
+			firstWrite = i
+		}
+		start := len(frames)
+		frames = persist.AppendRecord(frames, rec)
+		if rec.Rev > 0 {
+			tail = append(tail, tailRecord{rev: rec.Rev, data: frames[start:len(frames):len(frames)]})
+		}
+		needSync = needSync || r.durable
+	}
+	if frames != nil {
+		// Frames written to a journal that was already broken never reached the disk;
+		// frames of a failed append or fsync might have.
+		reachedDisk := a.journal.Broken() == nil
+		if err := a.writeJournal(frames, needSync); err != nil {
+			a.st.rollback(mark, a.dedup.undoLast)
+			a.rev = startRev
+			a.log.Error("journal write failed; batch rolled back and answered storage_error",
+				"err", err, "requests", len(batch)-firstWrite)
+			failed := Reply{Err: errorf(ReasonStorage, true, "the write could not be made durable: %v", err)}
+			if reachedDisk {
+				a.replaceBrokenJournal()
+			}
+			for i := firstWrite; i < len(batch); i++ {
+				if batch[i].kind == kindFlush {
+					continue
+				}
+				if reachedDisk && a.journalErr != nil {
+					// The failed frames may still be in the journal on disk: the error
+					// answer waits until a new journal has replaced it.
+					a.held = append(a.held, heldReply{batch[i].reply, failed})
+					batch[i].reply = nil
+				} else {
+					replies[i] = failed
+				}
+			}
+		} else {
+			a.appendedRev = a.rev
+			if needSync {
+				a.durableRev = a.rev
+			} else if a.syncC == nil {
+				a.syncC = time.After(a.cfg.SyncInterval)
+			}
+			a.tail = append(a.tail, tail...)
+		}
+	}
+	a.st.commit()
+	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	for i, r := range batch {
+		switch {
+		case r.reply == nil:
+		case r.kind == kindFlush:
+			a.flush(r)
+		default:
+			r.reply <- replies[i]
+		}
+	}
+	a.armSnapshot()
+}
+
+// writeJournal appends frames and, if asked, fsyncs them.
+func (a *Actor) writeJournal(frames []byte, sync bool) error {
+	if err := a.journal.Append(frames); err != nil {
+		a.journalErr = err
+		return err
+	}
+	if sync {
+		if err := a.journal.Sync(); err != nil {
+			a.journalErr = err
+			return err
+		}
+	}
+	return nil
+}
+
+// syncJournal fsyncs durable:false writes within the sync interval.
+func (a *Actor) syncJournal() {
+	if a.durableRev >= a.appendedRev || a.journal.Broken() != nil {
+		return
+	}
+	if err := a.journal.Sync(); err != nil {
+		a.journalErr = err
+		a.log.Error("journal fsync failed; writing a new journal from memory", "err", err)
+		a.replaceBrokenJournal()
+		return
+	}
+	a.durableRev = a.appendedRev
+}
+
+// replaceBrokenJournal writes a new journal from memory after a failure. The old file is
+// never fsync'd again: after a failed fsync the kernel may have dropped the dirty pages
+// and a second fsync can report success for data that is gone.
+func (a *Actor) replaceBrokenJournal() {
+	if err := a.rewriteJournal(); err != nil {
+		a.journalErr = err
+		a.log.Error("cannot write a new journal; writes fail until the disk recovers", "err", err, "retry_in", a.cfg.RetryInterval)
+		a.armRetry()
+		return
+	}
+	a.log.Info("journal replaced; writes are accepted again")
+	a.journalErr = nil
+	for _, h := range a.held {
+		h.reply <- h.rep
+	}
+	a.held = nil
+}
+
+// rewriteJournal writes a journal holding a checkpoint of the current state (the
+// revisions of every key and the dedup records), the intents since the last snapshot,
+// and the records after it, and switches appends to it.
+func (a *Actor) rewriteJournal() error {
+	cp := &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
+	cp.Revs = make([]persist.KeyRev, 0, a.st.len())
+	a.st.each(cursor{}, func(e *entry) bool {
+		cp.Revs = append(cp.Revs, persist.KeyRev{Key: e.key, Rev: e.rev})
+		return true
+	})
+	buf := persist.AppendCheckpoint(nil, cp)
+	for _, id := range a.intentsOut {
+		buf = persist.AppendIntent(buf, id)
+	}
+	for _, t := range a.tail {
+		buf = append(buf, t.data...)
+	}
+	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, buf)
+	if err != nil {
+		return err
+	}
+	if a.journal != nil {
+		a.journal.Close()
+	}
+	a.journal = j
+	a.appendedRev, a.durableRev = a.rev, a.rev
+	return nil
+}
+
+// retry runs the disk steps that failed earlier: a new journal, a snapshot.
+func (a *Actor) retry() {
+	if a.journalErr != nil || a.journal.Broken() != nil {
+		a.replaceBrokenJournal()
+	}
+	if a.snapErr != nil && !a.snapRunning {
+		a.startSnapshot()
+	}
+}
+
+func (a *Actor) armRetry() {
+	if a.retryC == nil {
+		a.retryC = time.After(a.cfg.RetryInterval)
+	}
+}
+
+// compactJournal starts a new journal once the old one is large; otherwise it notes in the
+// journal that snapshot id is on disk, so that a start which finds sessions.json changed
+// by another writer knows which writes that writer's version already had.
+func (a *Actor) compactJournal(id persist.SnapshotID) {
+	if a.journalErr != nil || a.journal.Broken() != nil {
+		return
+	}
+	if a.journal.Size() <= a.cfg.CompactBytes {
+		if err := a.writeJournal(persist.AppendDone(nil, id), false); err != nil {
+			a.log.Error("journal write failed; writing a new journal from memory", "err", err)
+			a.replaceBrokenJournal()
+		}
+		return
+	}
+	start, before := time.Now(), a.journal.Size()
+	if err := a.rewriteJournal(); err != nil {
+		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
+		return
+	}
+	a.log.Info("journal compacted", "before", before, "after", a.journal.Size(), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// flush answers once sessions.json holds every write acknowledged before it.
+func (a *Actor) flush(r *request) {
+	if a.base.Rev >= a.rev && a.stamp.Exists && !a.snapRunning {
+		r.reply <- Reply{Result: flushResult(a.rev, a.base.Rev)}
+		return
+	}
+	a.waiters = append(a.waiters, flushWaiter{rev: a.rev, reply: r.reply})
+	a.startSnapshot()
+}
+
+func flushResult(rev, snap int64) []byte {
+	return []byte(`{"rev":` + itoa(rev) + `,"snapshot_rev":` + itoa(snap) + `}`)
+}
+
+func (a *Actor) failWaiters(upTo int64, err error) {
+	keep := a.waiters[:0]
+	for _, w := range a.waiters {
+		if w.rev <= upTo {
+			w.reply <- Reply{Err: errorf(ReasonStorage, true, "flush failed: %v", err)}
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	a.waiters = keep
+}
+
+// armSnapshot schedules a background snapshot SnapshotInterval after a change.
+func (a *Actor) armSnapshot() {
+	if a.rev > a.base.Rev && !a.snapRunning && a.snapC == nil && a.cfg.SnapshotInterval > 0 && a.snapErr == nil {
+		a.snapC = time.After(a.cfg.SnapshotInterval)
+	}
+}
+
+// startSnapshot hands an immutable view of the store (each entry's encoded bytes, which
+// no write ever modifies in place) to a goroutine that writes sessions.json, so writers
+// never wait for it.
+func (a *Actor) startSnapshot() {
+	if a.snapRunning {
+		a.snapAgain = true
+		return
+	}
+	a.snapRunning, a.snapAgain, a.snapC = true, false, nil
+	rev, frags, expect := a.rev, a.st.frags(), a.stamp
+	go a.writeSnapshot(rev, frags, expect)
+}
+
+// writeSnapshot runs on its own goroutine; it talks to the actor only through the
+// intents and snapDone channels.
+func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
+	start := time.Now()
+	var res snapResult
+	res.id, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
+		cur, err := persist.StatStamp(a.cfg.FS, a.cfg.Store)
+		if err != nil {
+			return err
+		}
+		if cur.Exists && cur != expect {
+			// Another process wrote sessions.json: keep its version rather than
+			// overwrite it silently.
+			if res.aside, err = persist.MoveAside(a.cfg.FS, a.cfg.Store, time.Now()); err != nil {
+				return err
+			}
+		}
+		reply := make(chan error, 1)
+		a.intents <- intentReq{id: id, reply: reply}
+		return <-reply
+	})
+	if res.err == nil {
+		res.stamp, res.err = persist.StatStamp(a.cfg.FS, a.cfg.Store)
+	}
+	res.took = time.Since(start)
+	a.snapDone <- res
+}
+
+// makeIntentDurable records, before the snapshot's rename, that sessions.json may
+// become the file id names.
+func (a *Actor) makeIntentDurable(id persist.SnapshotID) error {
+	a.intentsOut = append(a.intentsOut, id)
+	if a.journal.Broken() != nil {
+		if err := a.rewriteJournal(); err != nil {
+			a.journalErr = err
+			return err
+		}
+		a.journalErr = nil
+		return nil
+	}
+	if err := a.writeJournal(persist.AppendIntent(nil, id), true); err != nil {
+		a.replaceBrokenJournal()
+		return err
+	}
+	a.durableRev = a.appendedRev
+	return nil
+}
+
+func (a *Actor) finishSnapshot(res snapResult) {
+	a.snapRunning = false
+	if res.aside != "" {
+		a.stats.external.Add(1)
+		a.log.Error("sessions.json was changed by another writer; kept that version beside it and wrote ours",
+			"kept", res.aside, "store", a.cfg.Store)
+	}
+	if res.err != nil {
+		a.snapErr = res.err
+		a.log.Error("snapshot failed; the journal still holds every write", "err", res.err, "retry_in", a.cfg.RetryInterval)
+		a.failWaiters(res.id.Rev, res.err)
+		a.armRetry()
+		return
+	}
+	if a.snapErr != nil {
+		a.log.Info("snapshot written again after a failure")
+	}
+	a.snapErr = nil
+	a.base, a.stamp, a.intentsOut = res.id, res.stamp, nil
+	keep := 0
+	for keep < len(a.tail) && a.tail[keep].rev <= res.id.Rev {
+		keep++
+	}
+	a.tail = append([]tailRecord(nil), a.tail[keep:]...)
+	a.log.Debug("snapshot written", "rev", res.id.Rev, "bytes", res.id.Size, "took", res.took)
+	a.compactJournal(res.id)
+	done := a.waiters[:0]
+	for _, w := range a.waiters {
+		if w.rev <= res.id.Rev {
+			w.reply <- Reply{Result: flushResult(w.rev, res.id.Rev)}
+		} else {
+			done = append(done, w)
+		}
+	}
+	a.waiters = done
+	if a.snapAgain || len(a.waiters) > 0 {
+		a.startSnapshot()
+		return
+	}
+	a.armSnapshot()
+}

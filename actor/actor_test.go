@@ -1,0 +1,580 @@
+package actor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"sessiond/persist"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+type harness struct {
+	t      *testing.T
+	dir    string
+	fs     *faultFS
+	cfg    Config
+	a      *Actor
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func newHarness(t *testing.T, mod func(*Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, dir: t.TempDir(), fs: &faultFS{}}
+	h.cfg = Config{Store: storePath(h.dir), FS: h.fs, SnapshotInterval: -1, RetryInterval: 5 * time.Millisecond}
+	if mod != nil {
+		mod(&h.cfg)
+	}
+	return h
+}
+
+// open loads the store without running the actor yet.
+func (h *harness) open() *harness {
+	h.t.Helper()
+	a, err := Open(h.cfg)
+	require.NoError(h.t, err)
+	h.a = a
+	return h
+}
+
+func (h *harness) run() *harness {
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel, h.done = cancel, make(chan error, 1)
+	go func() { h.done <- h.a.Run(ctx) }()
+	h.t.Cleanup(func() {
+		if h.cancel != nil {
+			h.stop()
+		}
+	})
+	return h
+}
+
+func (h *harness) start() *harness { return h.open().run() }
+
+func (h *harness) stop() error {
+	h.cancel()
+	h.cancel = nil
+	return <-h.done
+}
+
+// restart stops the actor and opens the same store again.
+func (h *harness) restart() *harness {
+	h.t.Helper()
+	require.NoError(h.t, h.stop())
+	return h.start()
+}
+
+func (h *harness) call(method, params string) Reply {
+	h.t.Helper()
+	select {
+	case r := <-h.a.Submit(method, []byte(params)):
+		return r
+	case <-time.After(10 * time.Second):
+		h.t.Fatalf("%s %s: no reply", method, params)
+		return Reply{}
+	}
+}
+
+// ok calls and decodes a successful result.
+func (h *harness) ok(method, params string) map[string]any {
+	h.t.Helper()
+	r := h.call(method, params)
+	require.Nil(h.t, r.Err, "%s %s", method, params)
+	var m map[string]any
+	require.NoError(h.t, json.Unmarshal(r.Result, &m), string(r.Result))
+	return m
+}
+
+func (h *harness) fails(method, params, reason string) *Error {
+	h.t.Helper()
+	r := h.call(method, params)
+	require.NotNil(h.t, r.Err, "%s %s: want %s, got %s", method, params, reason, r.Result)
+	require.Equal(h.t, reason, r.Err.Reason, r.Err.Message)
+	return r.Err
+}
+
+func TestMethods(t *testing.T) {
+	h := newHarness(t, nil).start()
+	require.Equal(t, map[string]any{"key": "a", "rev": 1.0}, h.ok("put", `{"key":"a","value":{"x":1}}`))
+	require.Equal(t, map[string]any{"key": "a", "rev": 1.0, "value": map[string]any{"x": 1.0}}, h.ok("get", `{"key":"a"}`))
+	require.Equal(t, map[string]any{"key": "a", "rev": 2.0, "value": map[string]any{"x": 1.0, "y": "z"}},
+		h.ok("patch", `{"key":"a","merge":{"y":"z"}}`))
+	require.Equal(t, map[string]any{"key": "b", "rev": 3.0, "value": map[string]any{"n": 2.0}},
+		h.ok("patch", `{"key":"b","merge":{"n":2,"gone":null}}`), "patching a missing key creates it")
+	require.Equal(t, map[string]any{"key": "b", "rev": 4.0, "deleted": true}, h.ok("delete", `{"key":"b"}`))
+	require.Equal(t, map[string]any{"key": "b", "rev": 4.0, "deleted": false}, h.ok("delete", `{"key":"b"}`),
+		"deleting a missing key uses no revision")
+	h.fails("get", `{"key":"b"}`, ReasonNotFound)
+	require.Equal(t, map[string]any{"items": []any{map[string]any{"key": "a", "rev": 2.0}}, "next": nil, "rev": 4.0},
+		h.ok("list", `{}`))
+	require.Equal(t, map[string]any{"rev": 4.0, "snapshot_rev": 4.0}, h.ok("flush", ``))
+	require.Equal(t, "{\n  \"a\": {\n    \"x\": 1,\n    \"y\": \"z\"\n  }\n}", readFile(h.cfg.Store))
+}
+
+func TestInvalidParams(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxValueBytes = 100; c.MaxDepth = 4 }).start()
+	for _, tc := range []struct{ method, params, reason string }{
+		{"nope", `{}`, ReasonMethodNotFound},
+		{"get", `[1]`, ReasonInvalidParams},
+		{"get", `{}`, ReasonInvalidParams},
+		{"get", `{"key":""}`, ReasonInvalidParams},
+		{"get", `{"key":"` + strings.Repeat("k", 4097) + `"}`, ReasonInvalidParams},
+		{"get", `{"key":"\ud800"}`, ReasonInvalidParams},
+		{"get", `{"key":7}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":[1]}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":{"x":"` + strings.Repeat("v", 100) + `"}}`, ReasonTooLarge},
+		{"put", `{"key":"a","value":{"a":{"b":{"c":{}}}}}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":{},"if_rev":-1}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":{},"if_rev":1.5}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":{},"request_id":""}`, ReasonInvalidParams},
+		{"put", `{"key":"a","value":{},"durable":"yes"}`, ReasonInvalidParams},
+		{"patch", `{"key":"a","merge":null}`, ReasonInvalidParams},
+		{"list", `{"limit":0}`, ReasonInvalidParams},
+		{"list", `{"limit":10001}`, ReasonInvalidParams},
+		{"list", `{"cursor":"zz"}`, ReasonInvalidParams},
+		{"txn", `{"ops":{}}`, ReasonInvalidParams},
+		{"txn", `{"ops":[{"op":"check","key":"a"}]}`, ReasonInvalidParams},
+		{"txn", `{"ops":[{"op":"frob","key":"a"}]}`, ReasonInvalidParams},
+	} {
+		t.Run(tc.method+tc.params[:min(len(tc.params), 40)], func(t *testing.T) {
+			r := h.call(tc.method, tc.params)
+			require.NotNil(t, r.Err)
+			require.Equal(t, tc.reason, r.Err.Reason, r.Err.Message)
+		})
+	}
+	require.Equal(t, 0.0, h.ok("list", `{}`)["rev"], "nothing was written")
+}
+
+func TestOrderAndGroupCommit(t *testing.T) {
+	h := newHarness(t, nil).open()
+	const n = 300
+	before := h.fs.syncs.Load()
+	// Queued before the actor runs: one batch, in submission order.
+	var replies []<-chan Reply
+	for i := range n {
+		replies = append(replies, h.a.Submit("patch", fmt.Appendf(nil, `{"key":"k","merge":{"n":%d,"f%d":true}}`, i, i)))
+	}
+	h.run()
+	for i, ch := range replies {
+		r := <-ch
+		require.Nil(t, r.Err)
+		require.Contains(t, string(r.Result), fmt.Sprintf(`"rev":%d,`, i+1))
+	}
+	require.Equal(t, int64(1), h.fs.syncs.Load()-before, "one fsync for the whole batch")
+	v := h.ok("get", `{"key":"k"}`)["value"].(map[string]any)
+	require.Equal(t, float64(n-1), v["n"])
+	require.Len(t, v, n+1)
+}
+
+func TestBusyWhenQueueFull(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.QueueSize = 1 }).open()
+	first := h.a.Submit("put", []byte(`{"key":"a","value":{}}`))
+	r := <-h.a.Submit("put", []byte(`{"key":"b","value":{}}`))
+	require.Equal(t, ReasonBusy, r.Err.Reason)
+	require.True(t, r.Err.Retryable)
+	require.Equal(t, 10, r.Err.Data["retry_after_ms"])
+	h.run()
+	require.Nil(t, (<-first).Err)
+	h.fails("get", `{"key":"b"}`, ReasonNotFound)
+}
+
+func TestCompareAndSet(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{},"if_rev":0}`)
+	e := h.fails("put", `{"key":"a","value":{},"if_rev":0}`, ReasonConflict)
+	require.Equal(t, int64(1), e.Data["current_rev"])
+	e = h.fails("patch", `{"key":"a","merge":{"x":1},"if_rev":7}`, ReasonConflict)
+	require.Equal(t, int64(1), e.Data["current_rev"])
+	e = h.fails("delete", `{"key":"zz","if_rev":3}`, ReasonConflict)
+	require.Equal(t, int64(0), e.Data["current_rev"])
+	require.Equal(t, 2.0, h.ok("patch", `{"key":"a","merge":{"x":1},"if_rev":1}`)["rev"])
+	require.Equal(t, 3.0, h.ok("delete", `{"key":"a","if_rev":2}`)["rev"])
+}
+
+func TestTxnAllOrNothing(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"c","value":{"v":1}}`)
+	e := h.fails("txn", `{"ops":[
+		{"op":"put","key":"a","value":{}},
+		{"op":"patch","key":"c","merge":{"v":2}},
+		{"op":"delete","key":"c"},
+		{"op":"check","key":"c","if_rev":1}]}`, ReasonConflict)
+	require.Equal(t, 3, e.Data["index"])
+	h.fails("get", `{"key":"a"}`, ReasonNotFound)
+	require.Equal(t, map[string]any{"key": "c", "rev": 1.0, "value": map[string]any{"v": 1.0}}, h.ok("get", `{"key":"c"}`))
+
+	res := h.ok("txn", `{"ops":[
+		{"op":"check","key":"c","if_rev":1},
+		{"op":"put","key":"a","value":{"a":1}},
+		{"op":"patch","key":"c","merge":{"w":3}},
+		{"op":"delete","key":"nope"},
+		{"op":"put","key":"d","value":{},"if_rev":0}]}`)
+	require.Equal(t, map[string]any{"rev": 2.0, "results": []any{
+		map[string]any{"key": "c", "rev": 1.0},
+		map[string]any{"key": "a", "rev": 2.0},
+		map[string]any{"key": "c", "rev": 2.0},
+		map[string]any{"key": "nope", "rev": 1.0, "deleted": false},
+		map[string]any{"key": "d", "rev": 2.0},
+	}}, res)
+	require.Equal(t, 2.0, h.ok("list", `{}`)["rev"], "one revision for the whole txn")
+}
+
+func TestRequestIDDedup(t *testing.T) {
+	h := newHarness(t, nil).start()
+	first := h.ok("patch", `{"key":"n","merge":{"c":1},"request_id":"r1"}`)
+	// A retry gets the original result and is not applied again, even with another
+	// deadline or durability.
+	require.Equal(t, first, h.ok("patch", `{"key":"n","merge":{"c":1},"request_id":"r1","durable":false,"deadline_ms":1}`))
+	h.fails("patch", `{"key":"n","merge":{"c":2},"request_id":"r1"}`, ReasonRequestIDReused)
+	// A final error is remembered too.
+	h.ok("put", `{"key":"x","value":{}}`)
+	h.fails("put", `{"key":"x","value":{},"if_rev":0,"request_id":"r2"}`, ReasonConflict)
+	h.ok("delete", `{"key":"x"}`)
+	h.fails("put", `{"key":"x","value":{},"if_rev":0,"request_id":"r2"}`, ReasonConflict)
+	// A retryable error is not: the retry executes.
+	h.fails("put", `{"key":"y","value":{},"request_id":"r3","deadline_ms":1}`, ReasonDeadline)
+	h.ok("put", `{"key":"y","value":{},"request_id":"r3"}`)
+
+	h.restart()
+	require.Equal(t, first, h.ok("patch", `{"key":"n","merge":{"c":1},"request_id":"r1"}`), "records survive a restart")
+	h.fails("put", `{"key":"x","value":{},"if_rev":0,"request_id":"r2"}`, ReasonConflict)
+	require.Equal(t, 1.0, h.ok("get", `{"key":"n"}`)["rev"])
+	require.Positive(t, h.a.Stats().DedupWindow)
+}
+
+func TestDedupWindowEviction(t *testing.T) {
+	var now atomic.Int64
+	now.Store(1_000_000)
+	h := newHarness(t, func(c *Config) {
+		c.DedupWindow = time.Minute
+		c.DedupMax = 2
+		c.Now = func() time.Time { return time.UnixMilli(now.Load()) }
+	}).start()
+	h.ok("put", `{"key":"a","value":{},"request_id":"1"}`)
+	h.ok("put", `{"key":"a","value":{},"request_id":"2"}`)
+	h.ok("put", `{"key":"a","value":{},"request_id":"3"}`) // evicts "1": over the count
+	require.Equal(t, 2.0, h.ok("put", `{"key":"a","value":{},"request_id":"2"}`)["rev"])
+	require.Equal(t, 4.0, h.ok("put", `{"key":"a","value":{},"request_id":"1"}`)["rev"], "1 was evicted, so it ran again")
+	now.Add(2 * time.Minute.Milliseconds())
+	require.Equal(t, 5.0, h.ok("put", `{"key":"a","value":{},"request_id":"3"}`)["rev"], "3 aged out of the window")
+}
+
+func TestDeadline(t *testing.T) {
+	h := newHarness(t, nil).start()
+	e := h.fails("put", `{"key":"a","value":{},"deadline_ms":1000}`, ReasonDeadline)
+	require.True(t, e.Retryable)
+	h.fails("get", `{"key":"a"}`, ReasonNotFound)
+	future := time.Now().Add(time.Hour).UnixMilli()
+	h.ok("put", fmt.Sprintf(`{"key":"a","value":{},"deadline_ms":%d}`, future))
+}
+
+func TestListPagesAndOrder(t *testing.T) {
+	h := newHarness(t, nil).start()
+	for _, k := range []string{"b", "7", "a:1", "10", "a:2", "a:3", "0", "x"} {
+		h.ok("put", fmt.Sprintf(`{"key":%q,"value":{"k":%q}}`, k, k))
+	}
+	var keys []string
+	cursor := "null"
+	for {
+		page := h.ok("list", `{"limit":3,"cursor":`+cursor+`}`)
+		for _, it := range page["items"].([]any) {
+			keys = append(keys, it.(map[string]any)["key"].(string))
+		}
+		if page["next"] == nil {
+			break
+		}
+		cursor = fmt.Sprintf("%q", page["next"])
+		if len(keys) == 3 {
+			h.ok("delete", `{"key":"a:1"}`) // a delete between pages does not lose the place
+		}
+	}
+	require.Equal(t, []string{"0", "7", "10", "b", "a:2", "a:3", "x"}, keys)
+	page := h.ok("list", `{"prefix":"a:","values":true}`)
+	require.Equal(t, []any{
+		map[string]any{"key": "a:2", "rev": 5.0, "value": map[string]any{"k": "a:2"}},
+		map[string]any{"key": "a:3", "rev": 6.0, "value": map[string]any{"k": "a:3"}},
+	}, page["items"])
+}
+
+// A batch whose journal append or fsync fails is rolled back and answered storage_error;
+// the next write goes to a new journal and nothing of the failed batch ever reappears.
+func TestRollbackOnJournalFailure(t *testing.T) {
+	for _, step := range []string{"write", "sync"} {
+		for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EIO, syscall.EROFS} {
+			t.Run(step+"/"+errno.Error(), func(t *testing.T) {
+				h := newHarness(t, nil).start()
+				h.ok("put", `{"key":"a","value":{"v":1}}`)
+				h.fs.setFail(func(op, path string) error {
+					if op == step && strings.HasSuffix(path, ".journal") {
+						return errno
+					}
+					return nil
+				})
+				ch := h.a.Submit("patch", []byte(`{"key":"a","merge":{"v":2},"request_id":"q"}`))
+				// With writes failing, no new journal can be written either and the
+				// answer waits for one (see the next test); with fsync failing, the new
+				// journal replaces the old at once.
+				require.Eventually(t, func() bool { return h.a.Stats().Degraded != "" || len(ch) > 0 },
+					5*time.Second, time.Millisecond)
+				h.fs.setFail(nil)
+				r := <-ch
+				require.Equal(t, ReasonStorage, r.Err.Reason)
+				require.True(t, r.Err.Retryable)
+				require.Contains(t, r.Err.Message, errno.Error())
+				require.Equal(t, map[string]any{"key": "a", "rev": 1.0, "value": map[string]any{"v": 1.0}}, h.ok("get", `{"key":"a"}`))
+				// The retry with the same request_id executes now.
+				require.Equal(t, 2.0, h.ok("patch", `{"key":"a","merge":{"v":3},"request_id":"q"}`)["rev"])
+				require.Empty(t, h.a.Stats().Degraded)
+				require.NoError(t, h.stop())
+				h.start()
+				require.Equal(t, map[string]any{"key": "a", "rev": 2.0, "value": map[string]any{"v": 3.0}}, h.ok("get", `{"key":"a"}`))
+			})
+		}
+	}
+}
+
+// While no new journal can be written, the error answer for a batch that may have
+// reached the old journal waits: answering executed:false before the old file is gone
+// could be a lie after a crash.
+func TestFailedBatchAnswerWaitsForNewJournal(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.fs.setFail(func(op, path string) error {
+		if strings.Contains(path, ".journal") && (op == "sync" || op == "create") {
+			return syscall.EIO
+		}
+		return nil
+	})
+	ch := h.a.Submit("put", []byte(`{"key":"a","value":{}}`))
+	require.Eventually(t, func() bool { return h.a.Stats().Degraded != "" }, 5*time.Second, time.Millisecond)
+	select {
+	case r := <-ch:
+		t.Fatalf("answered before the journal was replaced: %+v", r)
+	default:
+	}
+	// Writes that reach no disk are refused at once meanwhile; reads carry on.
+	h.fails("put", `{"key":"b","value":{}}`, ReasonStorage)
+	h.fails("get", `{"key":"a"}`, ReasonNotFound)
+	h.fs.setFail(nil)
+	r := <-ch
+	require.Equal(t, ReasonStorage, r.Err.Reason)
+	h.fails("get", `{"key":"a"}`, ReasonNotFound)
+	h.ok("put", `{"key":"c","value":{}}`)
+}
+
+func TestSnapshotFailureKeepsServingAndRecovers(t *testing.T) {
+	for _, step := range []string{"write", "sync", "rename", "syncdir"} {
+		t.Run(step, func(t *testing.T) {
+			h := newHarness(t, nil).start()
+			h.ok("put", `{"key":"a","value":{}}`)
+			h.fs.setFail(func(op, path string) error {
+				if op == step && (path == h.cfg.Store || path == h.dir) {
+					return syscall.ENOSPC
+				}
+				return nil
+			})
+			h.fails("flush", ``, ReasonStorage)
+			require.Contains(t, h.a.Stats().Degraded, "no space")
+			h.ok("put", `{"key":"b","value":{}}`)
+			h.fs.setFail(nil)
+			require.Eventually(t, func() bool { return h.a.Stats().Degraded == "" }, 5*time.Second, time.Millisecond)
+			h.ok("flush", ``)
+			require.Equal(t, "{\n  \"a\": {},\n  \"b\": {}\n}", readFile(h.cfg.Store))
+		})
+	}
+}
+
+func TestRecoverFromJournalWithoutSnapshot(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{"v":1}}`)
+	h.ok("flush", ``)
+	h.ok("put", `{"key":"b","value":{}}`)
+	h.ok("delete", `{"key":"a"}`)
+	h.ok("put", `{"key":"a","value":{"v":2}}`)
+	// The final snapshot fails: sessions.json keeps rev 1; the journal has the rest.
+	h.fs.setFail(func(op, path string) error {
+		if op == "rename" && path == h.cfg.Store {
+			return syscall.EIO
+		}
+		return nil
+	})
+	require.Error(t, h.stop())
+	require.Equal(t, "{\n  \"a\": {\n    \"v\": 1\n  }\n}", readFile(h.cfg.Store))
+	h.fs.setFail(nil)
+	h.start()
+	require.Equal(t, map[string]any{"key": "a", "rev": 4.0, "value": map[string]any{"v": 2.0}}, h.ok("get", `{"key":"a"}`))
+	require.Equal(t, 4.0, h.ok("list", `{}`)["rev"])
+	h.ok("flush", ``)
+	require.Equal(t, "{\n  \"b\": {},\n  \"a\": {\n    \"v\": 2\n  }\n}", readFile(h.cfg.Store))
+	require.Equal(t, 5.0, h.ok("put", `{"key":"c","value":{}}`)["rev"], "revisions keep increasing across restarts")
+}
+
+func TestTornJournalTail(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	require.NoError(t, h.stop())
+	j := h.cfg.Store + ".journal"
+	f, err := os.OpenFile(j, os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	frame := persist.AppendRecord(nil, &persist.Record{Rev: 2, Ops: []persist.Op{{Key: "b", Frag: []byte(`  "b": {}`)}}})
+	_, err = f.Write(frame[:len(frame)-3])
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	h.start()
+	h.fails("get", `{"key":"b"}`, ReasonNotFound)
+	require.Equal(t, 2.0, h.ok("put", `{"key":"c","value":{}}`)["rev"])
+}
+
+func TestCorruptJournalRefusesToStart(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{"v":"aaaaaaaa"}}`)
+	h.ok("put", `{"key":"b","value":{}}`)
+	h.fs.setFail(func(op, path string) error {
+		if op == "rename" && path == h.cfg.Store {
+			return syscall.EIO
+		}
+		return nil
+	})
+	require.Error(t, h.stop())
+	h.fs.setFail(nil)
+	j := h.cfg.Store + ".journal"
+	b, err := os.ReadFile(j)
+	require.NoError(t, err)
+	i := strings.Index(string(b), "aaaaaaaa")
+	b[i] = 'X'
+	require.NoError(t, os.WriteFile(j, b, 0o600))
+	_, err = Open(h.cfg)
+	require.ErrorIs(t, err, persist.ErrCorrupt)
+	after, err := os.ReadFile(j)
+	require.NoError(t, err)
+	require.Equal(t, b, after, "a corrupt journal is left as it is")
+}
+
+func TestExternalChange(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.ok("flush", ``)
+	// Another writer replaces the file while sessiond runs.
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte(`{"intruder": {}}`), 0o600))
+	h.ok("put", `{"key":"b","value":{}}`)
+	h.ok("flush", ``)
+	require.Equal(t, 1, h.a.Stats().External)
+	asides, _ := filepath.Glob(h.cfg.Store + ".external-*")
+	require.Len(t, asides, 1)
+	require.Equal(t, `{"intruder": {}}`, readFile(asides[0]))
+	require.Equal(t, "{\n  \"a\": {},\n  \"b\": {}\n}", readFile(h.cfg.Store))
+
+	// And while it is down: its version is kept and taken as the base, with every
+	// acknowledged write applied again on top.
+	h.ok("put", `{"key":"c","value":{}}`)
+	h.fs.setFail(func(op, path string) error {
+		if op == "rename" && path == h.cfg.Store {
+			return syscall.EIO
+		}
+		return nil
+	})
+	require.Error(t, h.stop())
+	h.fs.setFail(nil)
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte("{\n  \"z\": {\"q\": 1}\n}"), 0o600))
+	h.start()
+	require.Equal(t, 1, h.a.Stats().External)
+	require.Equal(t, "{\n  \"z\": {\n    \"q\": 1\n  },\n  \"c\": {}\n}", readFile(h.cfg.Store))
+	asides, _ = filepath.Glob(h.cfg.Store + ".external-*")
+	require.Len(t, asides, 2)
+}
+
+func TestLegacyStoreImport(t *testing.T) {
+	h := newHarness(t, nil)
+	legacy := "{\n  \"agent:main:main\": {\n    \"sessionId\": \"s1\",\n    \"updatedAt\": 1732000000000\n  }\n}"
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte(legacy), 0o600))
+	h.start()
+	require.Equal(t, 1.0, h.ok("get", `{"key":"agent:main:main"}`)["rev"])
+	h.ok("flush", ``)
+	require.Equal(t, legacy, readFile(h.cfg.Store), "loaded then flushed without changes: byte-identical")
+	require.NoError(t, h.stop())
+	h.start()
+	require.Equal(t, 1.0, h.ok("get", `{"key":"agent:main:main"}`)["rev"])
+	require.Equal(t, 0, h.a.Stats().External)
+}
+
+func TestUnparseableStoreRefused(t *testing.T) {
+	h := newHarness(t, nil)
+	bad := []byte("{\n  \"a\": {\n    \"x\": 1,\n  }\n}")
+	require.NoError(t, os.WriteFile(h.cfg.Store, bad, 0o600))
+	_, err := Open(h.cfg)
+	require.ErrorContains(t, err, h.cfg.Store)
+	require.ErrorContains(t, err, "offset")
+	after, err := os.ReadFile(h.cfg.Store)
+	require.NoError(t, err)
+	require.Equal(t, bad, after)
+	_, err = os.Stat(h.cfg.Store + ".journal")
+	require.True(t, errors.Is(err, os.ErrNotExist), "nothing written beside it")
+}
+
+func TestLeftoverTempFilesRemoved(t *testing.T) {
+	h := newHarness(t, nil)
+	tmp := filepath.Join(h.dir, ".sessions.json12345")
+	other := filepath.Join(h.dir, ".sessions.jsonx")
+	require.NoError(t, os.WriteFile(tmp, []byte("{"), 0o600))
+	require.NoError(t, os.WriteFile(other, []byte("{"), 0o600))
+	h.start()
+	_, err := os.Stat(tmp)
+	require.True(t, errors.Is(err, os.ErrNotExist))
+	_, err = os.Stat(other)
+	require.NoError(t, err, "only renameio's temp names are touched")
+}
+
+func TestBackgroundSnapshot(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SnapshotInterval = 5 * time.Millisecond }).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	require.Eventually(t, func() bool { return h.a.Stats().SnapshotRev == 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, "{\n  \"a\": {}\n}", readFile(h.cfg.Store))
+}
+
+func TestNonDurableWritesSyncedWithinInterval(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SyncInterval = 5 * time.Millisecond }).start()
+	before := h.fs.syncs.Load()
+	h.ok("put", `{"key":"a","value":{},"durable":false}`)
+	require.Eventually(t, func() bool { return h.a.Stats().DurableRev == 1 }, 5*time.Second, time.Millisecond)
+	require.Equal(t, int64(1), h.fs.syncs.Load()-before)
+}
+
+func TestJournalCompaction(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes = 4096 }).start()
+	for i := range 200 {
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"n":%d}}`, i%10, i))
+	}
+	h.ok("flush", ``)
+	fi, err := os.Stat(h.cfg.Store + ".journal")
+	require.NoError(t, err)
+	require.Less(t, fi.Size(), int64(4096))
+	h.restart()
+	require.Equal(t, 200.0, h.ok("get", `{"key":"k9"}`)["rev"])
+}
+
+func TestStopAnswersQueuedAndRefusesLater(t *testing.T) {
+	h := newHarness(t, nil).start()
+	var chans []<-chan Reply
+	for i := range 100 {
+		chans = append(chans, h.a.Submit("put", fmt.Appendf(nil, `{"key":"k%d","value":{}}`, i)))
+	}
+	require.NoError(t, h.stop())
+	for _, ch := range chans {
+		require.Nil(t, (<-ch).Err)
+	}
+	r := <-h.a.Submit("put", []byte(`{"key":"late","value":{}}`))
+	require.Equal(t, ReasonShuttingDown, r.Err.Reason)
+	require.Contains(t, readFile(h.cfg.Store), `"k99": {}`)
+}

@@ -1,0 +1,150 @@
+package actor
+
+import (
+	"time"
+
+	"sessiond/persist"
+)
+
+// recover rebuilds the store at start: sessions.json as the base, the journal's
+// checkpoint and records on top, then writes a fresh journal (which also drops a torn
+// tail and gives the new process a descriptor no earlier failure has touched).
+func (a *Actor) recover() error {
+	start := time.Now()
+	fsys, path := a.cfg.FS, a.cfg.Store
+	removed, err := persist.RemoveTemps(fsys, path, a.journalPath)
+	if err != nil {
+		return err
+	}
+	if len(removed) > 0 {
+		a.log.Warn("removed temp files left by a crash", "files", removed)
+	}
+	entries, fileID, err := persist.ReadStore(fsys, path, 0)
+	if err != nil {
+		return err
+	}
+	replay, err := persist.ReadJournal(fsys, a.journalPath)
+	if err != nil {
+		return err
+	}
+	if replay.TornAt >= 0 {
+		a.log.Warn("journal ends in an incomplete record, left by a crash during a write; it was never acknowledged and is cut off",
+			"journal", a.journalPath, "offset", replay.TornAt, "reason", replay.TornReason)
+	}
+
+	// Revisions of every key and the dedup records, from the checkpoint and all records.
+	revs := make(map[string]int64)
+	cp := replay.Checkpoint
+	baseRev, matched := int64(0), false
+	if cp != nil {
+		a.rev = cp.Rev
+		for _, kr := range cp.Revs {
+			revs[kr.Key] = kr.Rev
+		}
+		for i := range cp.Dedup {
+			a.dedup.add(&cp.Dedup[i])
+		}
+		// The file on disk is the checkpoint's snapshot or one whose intent followed;
+		// the newest match wins.
+		cands := append([]persist.SnapshotID{cp.Snapshot}, replay.Intents...)
+		for i := len(cands) - 1; i >= 0; i-- {
+			if cands[i].Size == fileID.Size && cands[i].CRC == fileID.CRC {
+				baseRev, matched = cands[i].Rev, true
+				break
+			}
+		}
+	}
+	for _, rec := range replay.Records {
+		a.rev = max(a.rev, rec.Rev)
+		for _, op := range rec.Ops {
+			if op.Frag == nil {
+				delete(revs, op.Key)
+			} else {
+				revs[op.Key] = rec.Rev
+			}
+		}
+		for i := range rec.Dedup {
+			a.dedup.add(&rec.Dedup[i])
+		}
+	}
+	external := cp != nil && !matched
+	if external {
+		// Another writer changed (or removed) sessions.json while sessiond was down.
+		// Keep its version, take it as the base, and put every acknowledged write
+		// since our last snapshot back on top of it.
+		// The newest snapshot known to have reached the disk is what that writer
+		// started from at best; every write after it is applied again.
+		baseRev = cp.Snapshot.Rev
+		for _, id := range replay.Done {
+			baseRev = max(baseRev, id.Rev)
+		}
+		aside := ""
+		if fileID.Size >= 0 {
+			data, err := fsys.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if aside, err = persist.CopyAside(fsys, path, data, a.cfg.Now()); err != nil {
+				return err
+			}
+		}
+		a.stats.external.Add(1)
+		a.log.Error("sessions.json is not what sessiond last wrote: another writer changed it; kept a copy and applied the journal on top",
+			"store", path, "copy", aside)
+	}
+
+	for _, e := range entries {
+		a.st.set(e.Key, e.Frag, revs[e.Key])
+	}
+	for _, rec := range replay.Records {
+		if rec.Rev <= baseRev {
+			continue
+		}
+		for _, op := range rec.Ops {
+			if op.Frag == nil {
+				a.st.del(op.Key)
+			} else {
+				a.st.set(op.Key, op.Frag, rec.Rev)
+			}
+		}
+		a.tail = append(a.tail, tailRecord{rev: rec.Rev, data: persist.AppendRecord(nil, &rec)})
+	}
+	// Entries with no known revision (a store opened for the first time, or one changed
+	// by another writer) share one new revision.
+	imported := 0
+	a.st.each(cursor{}, func(e *entry) bool {
+		if e.rev == 0 {
+			if imported == 0 {
+				a.rev++
+			}
+			e.rev = a.rev
+			imported++
+		}
+		return true
+	})
+	a.st.commit()
+	a.dedup.evict(a.cfg.Now().UnixMilli(), a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+
+	a.base = persist.SnapshotID{Rev: baseRev, Size: fileID.Size, CRC: fileID.CRC}
+	if cp == nil {
+		a.base.Rev = a.rev
+	}
+	if external {
+		// sessions.json now has to become our state; write it before the journal that
+		// names it as the base.
+		id, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
+		if err != nil {
+			return err
+		}
+		a.base, a.tail = id, nil
+	}
+	if a.stamp, err = persist.StatStamp(fsys, path); err != nil {
+		return err
+	}
+	if err := a.rewriteJournal(); err != nil {
+		return err
+	}
+	a.log.Info("store loaded", "store", path, "entries", a.st.len(), "bytes", a.st.fileSize(), "rev", a.rev,
+		"replayed", len(a.tail), "imported", imported, "took", time.Since(start).Round(time.Microsecond))
+	return nil
+}

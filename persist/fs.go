@@ -1,0 +1,79 @@
+package persist
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/google/renameio/v2"
+)
+
+// FS is the file system as persist uses it. OS is the real one; tests wrap it to inject
+// faults at one step at a time (write, fsync, rename, directory fsync).
+type FS interface {
+	ReadFile(name string) ([]byte, error)
+	Stat(name string) (os.FileInfo, error)
+	Rename(oldpath, newpath string) error
+	Remove(name string) error
+	ReadDir(name string) ([]os.DirEntry, error)
+	// NewPending starts a file that replaces path atomically (temp file in the same
+	// directory, mode 0600).
+	NewPending(path string) (Pending, error)
+	// OpenAppend opens an existing file for appending.
+	OpenAppend(path string) (File, error)
+	// SyncDir fsyncs a directory so that a rename in it survives power loss.
+	SyncDir(dir string) error
+}
+
+// File is an open file that is written and synced.
+type File interface {
+	io.Writer
+	Sync() error
+	Close() error
+}
+
+// Pending is a file that replaces its target on CloseAtomicallyReplace; Cleanup removes it
+// otherwise (a no-op after a successful replace).
+type Pending interface {
+	io.Writer
+	Sync() error
+	CloseAtomicallyReplace() error
+	Cleanup() error
+}
+
+// OS is the real file system.
+type OS struct{}
+
+func (OS) ReadFile(name string) ([]byte, error)       { return os.ReadFile(name) }
+func (OS) Stat(name string) (os.FileInfo, error)      { return os.Stat(name) }
+func (OS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath, newpath) }
+func (OS) Remove(name string) error                   { return os.Remove(name) }
+func (OS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name) }
+func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0) }
+
+// NewPending uses renameio with the temp file forced into the target's directory: a
+// TMPDIR on another file system would make the rename fail, and a temp file elsewhere
+// would escape the leftover clean-up at start.
+func (OS) NewPending(path string) (Pending, error) {
+	return renameio.NewPendingFile(path,
+		renameio.WithTempDir(filepath.Dir(path)),
+		renameio.WithStaticPermissions(0o600))
+}
+
+// SyncDir is the step renameio leaves to its caller: without it a rename can be lost on
+// power failure even though both files were fsync'd.
+func (OS) SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,504 @@
+package persist
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+)
+
+// The journal is a sequence of frames: a little-endian uint32 payload length, the
+// CRC-32C of the payload, then the payload. The first frame of a journal is always a
+// checkpoint; writes and snapshot intents follow in the order they were made durable.
+const (
+	frameHeader = 8
+	// maxFrame bounds a frame's length so that a garbage length field cannot make the
+	// reader allocate gigabytes; a request line is at most 16 MiB by default.
+	maxFrame = 1 << 30
+
+	recCheckpoint byte = 1
+	recWrite      byte = 2
+	recIntent     byte = 3
+	recDone       byte = 4
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// Journal errors.
+var (
+	// ErrCorrupt: a record other than the last one is damaged. The journal may hold
+	// acknowledged writes, so sessiond refuses to start rather than guess.
+	ErrCorrupt = errors.New("journal is corrupt")
+	// ErrBroken: an earlier write or fsync on this journal failed; it must not be used
+	// again (a second fsync could report success for data that never reached the disk).
+	ErrBroken = errors.New("journal is broken by an earlier failure")
+)
+
+// SnapshotID names one version of sessions.json: the revision it reflects, and its size
+// and CRC-32C so that a file on disk can be matched to it.
+type SnapshotID struct {
+	Rev  int64
+	Size int64 // -1: no file
+	CRC  uint32
+}
+
+// Op is one key's post-image in a write: Frag nil means the key was deleted.
+type Op struct {
+	Key  string
+	Frag []byte
+}
+
+// Dedup is the recorded final outcome of a request carrying a request_id.
+type Dedup struct {
+	ID          string
+	Fingerprint [16]byte // hash of the method and params, to catch a reused request_id
+	Time        int64    // Unix ms when it was recorded
+	Err         bool     // Body is an encoded error rather than a result
+	Body        []byte
+}
+
+// Record is one durable write (one revision), or with Rev 0 only outcomes to remember.
+type Record struct {
+	Rev   int64
+	Ops   []Op
+	Dedup []Dedup
+}
+
+// KeyRev is the revision of one key, as a checkpoint holds it.
+type KeyRev struct {
+	Key string
+	Rev int64
+}
+
+// Checkpoint starts every journal: everything needed, together with sessions.json, to
+// rebuild the store's revisions and dedup records without the records before it.
+type Checkpoint struct {
+	Rev      int64      // highest revision issued
+	Snapshot SnapshotID // the sessions.json the journal was started against
+	Revs     []KeyRev
+	Dedup    []Dedup
+}
+
+// AppendRecord appends r as one frame to buf.
+func AppendRecord(buf []byte, r *Record) []byte {
+	return frame(buf, func(b []byte) []byte {
+		b = append(b, recWrite)
+		b = binary.AppendUvarint(b, uint64(r.Rev))
+		b = binary.AppendUvarint(b, uint64(len(r.Ops)))
+		for _, op := range r.Ops {
+			b = appendString(b, op.Key)
+			if op.Frag == nil {
+				b = append(b, 0)
+				continue
+			}
+			b = append(b, 1)
+			b = appendBytes(b, op.Frag)
+		}
+		return appendDedups(b, r.Dedup)
+	})
+}
+
+// AppendIntent appends a snapshot intent: a promise that sessions.json may from now on be
+// the file id names, made durable before the rename so that a crash right after it does
+// not look like another writer's change at the next start.
+func AppendIntent(buf []byte, id SnapshotID) []byte {
+	return frame(buf, func(b []byte) []byte {
+		return appendSnapshotID(append(b, recIntent), id)
+	})
+}
+
+// AppendDone appends a note that the snapshot id is on disk (its rename and directory
+// fsync succeeded). It needs no fsync of its own: it only narrows what a start must
+// assume when sessions.json was changed by another writer.
+func AppendDone(buf []byte, id SnapshotID) []byte {
+	return frame(buf, func(b []byte) []byte {
+		return appendSnapshotID(append(b, recDone), id)
+	})
+}
+
+// AppendCheckpoint appends c as one frame to buf.
+func AppendCheckpoint(buf []byte, c *Checkpoint) []byte {
+	return frame(buf, func(b []byte) []byte {
+		b = append(b, recCheckpoint)
+		b = binary.AppendUvarint(b, uint64(c.Rev))
+		b = appendSnapshotID(b, c.Snapshot)
+		b = binary.AppendUvarint(b, uint64(len(c.Revs)))
+		for _, kr := range c.Revs {
+			b = appendString(b, kr.Key)
+			b = binary.AppendUvarint(b, uint64(kr.Rev))
+		}
+		return appendDedups(b, c.Dedup)
+	})
+}
+
+func frame(buf []byte, payload func([]byte) []byte) []byte {
+	start := len(buf)
+	buf = append(buf, make([]byte, frameHeader)...)
+	buf = payload(buf)
+	p := buf[start+frameHeader:]
+	binary.LittleEndian.PutUint32(buf[start:], uint32(len(p)))
+	binary.LittleEndian.PutUint32(buf[start+4:], crc32.Checksum(p, crcTable))
+	return buf
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendBytes(b, p []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(p)))
+	return append(b, p...)
+}
+
+func appendSnapshotID(b []byte, id SnapshotID) []byte {
+	b = binary.AppendUvarint(b, uint64(id.Rev))
+	b = binary.AppendVarint(b, id.Size)
+	return binary.LittleEndian.AppendUint32(b, id.CRC)
+}
+
+func appendDedups(b []byte, ds []Dedup) []byte {
+	b = binary.AppendUvarint(b, uint64(len(ds)))
+	for _, d := range ds {
+		b = appendString(b, d.ID)
+		b = append(b, d.Fingerprint[:]...)
+		b = binary.AppendVarint(b, d.Time)
+		if d.Err {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
+		b = appendBytes(b, d.Body)
+	}
+	return b
+}
+
+// Replay is what a journal file holds.
+type Replay struct {
+	Checkpoint *Checkpoint  // nil for an empty or missing journal
+	Intents    []SnapshotID // in journal order
+	Done       []SnapshotID // snapshots known to have reached the disk, in journal order
+	Records    []Record     // in journal order
+	Size       int64        // bytes of intact frames
+	// TornAt is the offset of an incomplete or damaged last frame (a crash mid-append),
+	// or -1. Everything from there on is ignored.
+	TornAt     int64
+	TornReason string
+}
+
+// ReadJournal reads and decodes the journal at path; a missing file is an empty journal.
+// Frag and Body slices point into the file's bytes.
+func ReadJournal(fsys FS, path string) (*Replay, error) {
+	data, err := fsys.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &Replay{TornAt: -1}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read journal %s: %w", path, err)
+	}
+	r, err := DecodeJournal(data)
+	if err != nil {
+		return nil, fmt.Errorf("journal %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// DecodeJournal decodes a journal's bytes. A damaged or incomplete last frame is reported
+// in TornAt; a damaged frame with intact frames after it is ErrCorrupt.
+func DecodeJournal(data []byte) (*Replay, error) {
+	r := &Replay{TornAt: -1}
+	off := 0
+	for off < len(data) {
+		payload, next, why := nextFrame(data, off)
+		if why != "" {
+			if laterFrameIntact(data, off+1) {
+				return nil, fmt.Errorf("%w: frame at offset %d: %s, and intact records follow it", ErrCorrupt, off, why)
+			}
+			r.TornAt, r.TornReason = int64(off), why
+			break
+		}
+		if err := r.decode(payload, off); err != nil {
+			return nil, err
+		}
+		off = next
+	}
+	r.Size = int64(off)
+	if r.TornAt >= 0 {
+		r.Size = r.TornAt
+	}
+	return r, nil
+}
+
+// nextFrame returns the payload of the frame at off, or why it is not a whole frame.
+func nextFrame(data []byte, off int) (payload []byte, next int, why string) {
+	if len(data)-off < frameHeader {
+		return nil, 0, "incomplete frame header"
+	}
+	n := binary.LittleEndian.Uint32(data[off:])
+	sum := binary.LittleEndian.Uint32(data[off+4:])
+	if n == 0 {
+		// A crash can leave a zero-filled tail: the size grew but the data never landed.
+		return nil, 0, "empty frame"
+	}
+	if n > maxFrame || int(n) > len(data)-off-frameHeader {
+		return nil, 0, fmt.Sprintf("frame length %d runs past the end of the file", n)
+	}
+	payload = data[off+frameHeader : off+frameHeader+int(n)]
+	if crc32.Checksum(payload, crcTable) != sum {
+		return nil, 0, "checksum mismatch"
+	}
+	return payload, off + frameHeader + int(n), ""
+}
+
+// laterFrameIntact reports whether a valid frame starts anywhere after a damaged one.
+// A torn append leaves garbage only at the very end; an intact frame after the damage
+// means a record in the middle went bad, and dropping everything after it would drop
+// acknowledged writes.
+func laterFrameIntact(data []byte, from int) bool {
+	for off := from; off+frameHeader < len(data); off++ {
+		payload, _, why := nextFrame(data, off)
+		if why == "" && len(payload) > 0 && payload[0] >= recCheckpoint && payload[0] <= recDone {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Replay) decode(p []byte, off int) error {
+	d := decoder{b: p}
+	kind := d.byte()
+	switch {
+	case kind == recCheckpoint && off == 0:
+		c := &Checkpoint{Rev: d.int()}
+		c.Snapshot = d.snapshotID()
+		n := d.count()
+		c.Revs = make([]KeyRev, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			c.Revs = append(c.Revs, KeyRev{Key: d.string(), Rev: d.int()})
+		}
+		c.Dedup = d.dedups()
+		r.Checkpoint = c
+	case kind == recCheckpoint:
+		d.fail("checkpoint after the start")
+	case off == 0:
+		d.fail("journal does not start with a checkpoint")
+	case kind == recWrite:
+		rec := Record{Rev: d.int()}
+		n := d.count()
+		rec.Ops = make([]Op, 0, n)
+		for i := 0; i < n && d.err == nil; i++ {
+			op := Op{Key: d.string()}
+			if d.byte() == 1 {
+				op.Frag = d.bytes()
+			}
+			rec.Ops = append(rec.Ops, op)
+		}
+		rec.Dedup = d.dedups()
+		r.Records = append(r.Records, rec)
+	case kind == recIntent:
+		r.Intents = append(r.Intents, d.snapshotID())
+	case kind == recDone:
+		r.Done = append(r.Done, d.snapshotID())
+	default:
+		d.fail(fmt.Sprintf("unknown record type %d", kind))
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.fail("trailing bytes in record")
+	}
+	if d.err != nil {
+		// The checksum matched, so this is not a torn write: the file was made by
+		// something else, or by a bug.
+		return fmt.Errorf("%w: record at offset %d: %v", ErrCorrupt, off, d.err)
+	}
+	return nil
+}
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail(why string) {
+	if d.err == nil {
+		d.err = errors.New(why)
+	}
+	d.b = nil
+}
+
+func (d *decoder) byte() byte {
+	if len(d.b) < 1 {
+		d.fail("record too short")
+		return 0
+	}
+	c := d.b[0]
+	d.b = d.b[1:]
+	return c
+}
+
+func (d *decoder) uint() uint64 {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) int() int64 {
+	v := d.uint()
+	if v >= 1<<53 {
+		d.fail("revision out of range")
+		return 0
+	}
+	return int64(v)
+}
+
+func (d *decoder) varint() int64 {
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail("bad varint")
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+// count reads a length that must fit in what is left of the record, so a damaged count
+// cannot make the decoder allocate without bound.
+func (d *decoder) count() int {
+	v := d.uint()
+	if v > uint64(len(d.b)) {
+		d.fail("count larger than the record")
+		return 0
+	}
+	return int(v)
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.count()
+	p := d.b[:n:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) string() string { return string(d.bytes()) }
+
+func (d *decoder) snapshotID() SnapshotID {
+	id := SnapshotID{Rev: d.int(), Size: d.varint()}
+	if len(d.b) < 4 {
+		d.fail("record too short")
+		return id
+	}
+	id.CRC = binary.LittleEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return id
+}
+
+func (d *decoder) dedups() []Dedup {
+	n := d.count()
+	out := make([]Dedup, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		x := Dedup{ID: d.string()}
+		if len(d.b) < 16 {
+			d.fail("record too short")
+			break
+		}
+		copy(x.Fingerprint[:], d.b)
+		d.b = d.b[16:]
+		x.Time = d.varint()
+		x.Err = d.byte() == 1
+		x.Body = d.bytes()
+		out = append(out, x)
+	}
+	return out
+}
+
+// Journal is the open journal file that writes are appended to. Not goroutine-safe: the
+// actor owns it. After any failed write or fsync it is broken for good (ErrBroken): the
+// caller writes a new journal with Create instead.
+type Journal struct {
+	f      File
+	path   string
+	size   int64
+	broken error
+}
+
+// CreateJournal atomically replaces the journal at path with one holding contents (a
+// checkpoint and the records to keep), durable on return, and opens it for appending.
+func CreateJournal(fsys FS, path string, contents []byte) (*Journal, error) {
+	if err := replaceFile(fsys, path, func(w Pending) error {
+		_, err := w.Write(contents)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("write journal %s: %w", path, err)
+	}
+	f, err := fsys.OpenAppend(path)
+	if err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	return &Journal{f: f, path: path, size: int64(len(contents))}, nil
+}
+
+// Append writes b (whole frames) at the end of the journal without syncing.
+func (j *Journal) Append(b []byte) error {
+	if j.broken != nil {
+		return j.broken
+	}
+	n, err := j.f.Write(b)
+	j.size += int64(n)
+	if err != nil {
+		j.broken = fmt.Errorf("%w: append to %s: %w", ErrBroken, j.path, err)
+		return fmt.Errorf("append to journal %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// Sync makes everything appended so far durable.
+func (j *Journal) Sync() error {
+	if j.broken != nil {
+		return j.broken
+	}
+	if err := j.f.Sync(); err != nil {
+		j.broken = fmt.Errorf("%w: fsync %s: %w", ErrBroken, j.path, err)
+		return fmt.Errorf("fsync journal %s: %w", j.path, err)
+	}
+	return nil
+}
+
+// Size is the number of bytes in the journal file.
+func (j *Journal) Size() int64 { return j.size }
+
+// Broken reports the failure that broke the journal, or nil.
+func (j *Journal) Broken() error { return j.broken }
+
+// Close closes the file; idempotent.
+func (j *Journal) Close() error {
+	if j.f == nil {
+		return nil
+	}
+	err := j.f.Close()
+	j.f = nil
+	if j.broken == nil {
+		j.broken = fmt.Errorf("%w: closed", ErrBroken)
+	}
+	return err
+}
+
+// replaceFile writes a file through a pending temp file and atomically puts it at path,
+// then fsyncs the directory so the rename itself is durable.
+func replaceFile(fsys FS, path string, write func(Pending) error) error {
+	p, err := fsys.NewPending(path)
+	if err != nil {
+		return err
+	}
+	defer p.Cleanup() //nolint:errcheck // only matters when something failed, and that error is returned
+	if err := write(p); err != nil {
+		return err
+	}
+	if err := p.CloseAtomicallyReplace(); err != nil {
+		return err
+	}
+	return fsys.SyncDir(dirOf(path))
+}

@@ -1,0 +1,145 @@
+package persist
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func sampleJournal() []byte {
+	b := AppendCheckpoint(nil, &Checkpoint{
+		Rev:      7,
+		Snapshot: SnapshotID{Rev: 5, Size: 123, CRC: 0xdeadbeef},
+		Revs:     []KeyRev{{"a", 5}, {"ключ", 3}},
+		Dedup:    []Dedup{{ID: "r1", Fingerprint: [16]byte{1, 2}, Time: 1700000000000, Body: []byte(`{"key":"a","rev":5}`)}},
+	})
+	b = AppendRecord(b, &Record{Rev: 6, Ops: []Op{{Key: "a", Frag: []byte(`  "a": {}`)}, {Key: "b"}}})
+	b = AppendIntent(b, SnapshotID{Rev: 6, Size: 10, CRC: 42})
+	b = AppendRecord(b, &Record{Dedup: []Dedup{{ID: "r2", Time: 5, Err: true, Body: []byte(`{"reason":"conflict"}`)}}})
+	b = AppendDone(b, SnapshotID{Rev: 6, Size: 10, CRC: 42})
+	return AppendRecord(b, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: []byte(`  "c": {"x": 1}`)}}})
+}
+
+func TestJournalRoundTrip(t *testing.T) {
+	data := sampleJournal()
+	r, err := DecodeJournal(data)
+	require.NoError(t, err)
+	require.Equal(t, int64(-1), r.TornAt)
+	require.Equal(t, int64(len(data)), r.Size)
+	require.Equal(t, int64(7), r.Checkpoint.Rev)
+	require.Equal(t, SnapshotID{Rev: 5, Size: 123, CRC: 0xdeadbeef}, r.Checkpoint.Snapshot)
+	require.Equal(t, []KeyRev{{"a", 5}, {"ключ", 3}}, r.Checkpoint.Revs)
+	require.Equal(t, "r1", r.Checkpoint.Dedup[0].ID)
+	require.Equal(t, [16]byte{1, 2}, r.Checkpoint.Dedup[0].Fingerprint)
+	require.Len(t, r.Records, 3)
+	require.Equal(t, []Op{{Key: "a", Frag: []byte(`  "a": {}`)}, {Key: "b"}}, r.Records[0].Ops)
+	require.True(t, r.Records[1].Dedup[0].Err)
+	require.Equal(t, []SnapshotID{{Rev: 6, Size: 10, CRC: 42}}, r.Intents)
+	require.Equal(t, []SnapshotID{{Rev: 6, Size: 10, CRC: 42}}, r.Done)
+	require.Equal(t, int64(7), r.Records[2].Rev)
+}
+
+func TestJournalDamage(t *testing.T) {
+	good := sampleJournal()
+	last := len(AppendRecord(nil, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: []byte(`  "c": {"x": 1}`)}}}))
+	lastStart := len(good) - last
+	flip := func(at int) []byte {
+		b := append([]byte(nil), good...)
+		b[at] ^= 0x40
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		data    []byte
+		tornAt  int64
+		corrupt bool
+	}{
+		{"empty", nil, -1, false},
+		{"header cut", good[:lastStart+5], int64(lastStart), false},
+		{"payload cut", good[:len(good)-2], int64(lastStart), false},
+		{"last payload flipped", flip(len(good) - 3), int64(lastStart), false},
+		{"zero-filled tail", append(append([]byte(nil), good...), make([]byte, 4096)...), int64(len(good)), false},
+		{"garbage tail", append(append([]byte(nil), good...), "\x00\x00\x10\x00garbage"...), int64(len(good)), false},
+		{"middle record flipped", flip(lastStart - 3), 0, true},
+		{"no checkpoint first", AppendRecord(nil, &Record{Rev: 1}), 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := DecodeJournal(tc.data)
+			if tc.corrupt {
+				require.ErrorIs(t, err, ErrCorrupt)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.tornAt, r.TornAt, r.TornReason)
+			if tc.tornAt >= 0 {
+				require.Equal(t, tc.tornAt, r.Size)
+			}
+		})
+	}
+}
+
+func TestJournalBrokenAfterFailure(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "j")
+	j, err := CreateJournal(OS{}, path, sampleJournal())
+	require.NoError(t, err)
+	require.NoError(t, j.Append(AppendRecord(nil, &Record{Rev: 8})))
+	require.NoError(t, j.Sync())
+	require.NoError(t, j.Close())
+	require.ErrorIs(t, j.Append(nil), ErrBroken)
+	require.ErrorIs(t, j.Sync(), ErrBroken, "a closed or failed journal is never synced again")
+	r, err := ReadJournal(OS{}, path)
+	require.NoError(t, err)
+	require.Equal(t, int64(8), r.Records[len(r.Records)-1].Rev)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+}
+
+func TestOwnerLock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.owner")
+	o, err := Acquire(path)
+	require.NoError(t, err)
+	// flock belongs to the open file description: a second open in the same process
+	// conflicts just as another process would.
+	_, err = Acquire(path)
+	require.ErrorIs(t, err, ErrOwned)
+	require.ErrorContains(t, err, "pid "+strconv.Itoa(os.Getpid()))
+	require.NoError(t, o.Close())
+	require.NoError(t, o.Close(), "idempotent")
+	o2, err := Acquire(path)
+	require.NoError(t, err, "released with the descriptor: nothing to delete")
+	require.NoError(t, o2.Close())
+}
+
+// The lock dies with its process: a child that takes it and is killed leaves nothing
+// behind.
+func TestOwnerLockDiesWithProcess(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.owner")
+	cmd := exec.Command("flock", "-x", path, "sleep", "60")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // so the kill takes sleep too
+	require.NoError(t, cmd.Start())
+	require.Eventually(t, func() bool {
+		o, err := Acquire(path)
+		if err == nil {
+			o.Close()
+			return false
+		}
+		return true
+	}, 5e9, 1e6, "the child holds the lock")
+	require.NoError(t, syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL))
+	_ = cmd.Wait()
+	// sleep, not our child, is torn down by the kernel a moment later.
+	require.Eventually(t, func() bool {
+		o, err := Acquire(path)
+		if err != nil {
+			return false
+		}
+		return o.Close() == nil
+	}, 5e9, 1e6)
+}
