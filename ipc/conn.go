@@ -1,0 +1,573 @@
+package ipc
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+
+	"sessiond/actor"
+)
+
+// Why a connection ended, for the log.
+var (
+	errIdle       = errors.New("idle")
+	errGraceOver  = errors.New("goaway grace period over")
+	errConnClosed = errors.New("connection closed by the server")
+)
+
+const (
+	readBufSize  = 64 << 10
+	writeBufSize = 64 << 10
+	// keepBufSize bounds the scratch buffers a connection keeps between lines, so that one
+	// huge request or batch does not pin its memory for the connection's lifetime.
+	keepBufSize = 1 << 20
+)
+
+// conn is one client connection: a reader goroutine turns lines into items on fifo, the
+// writer goroutine (serve) answers them in order.
+type conn struct {
+	srv  *Server
+	nc   *net.UnixConn
+	log  *slog.Logger
+	cred *unix.Ucred
+
+	// fifo carries the answers owed, in the order the lines were read. Only the reader sends
+	// and closes it (when it stops reading); only the writer receives.
+	fifo chan item
+	// slots holds one token per line read but not yet answered; the reader blocks on it at
+	// MaxPending (back-pressure), the writer frees a token after writing an answer.
+	slots chan struct{}
+	// done is closed when the connection is torn down; both goroutines then return.
+	done      chan struct{}
+	closeOnce sync.Once
+
+	br   *bufio.Reader
+	line []byte // the reader's buffer for lines longer than br's buffer
+}
+
+// item is what one line is owed: nothing (notifications, blank batches), one answer, or a
+// batch array of answers.
+type item struct {
+	batch bool
+	parts []part
+}
+
+// part is one answer: either already encoded (msg) or awaited from the backend (reply).
+type part struct {
+	id     []byte // the request's id, exactly as received
+	msg    []byte
+	reply  <-chan actor.Reply
+	method string
+	reason string // the error reason of msg, for the log
+	start  time.Time
+}
+
+func newConn(s *Server, nc *net.UnixConn, id uint64, cred *unix.Ucred) *conn {
+	c := &conn{
+		srv:   s,
+		nc:    nc,
+		log:   s.log.With("conn", id),
+		cred:  cred,
+		fifo:  make(chan item, s.cfg.MaxPending),
+		slots: make(chan struct{}, s.cfg.MaxPending),
+		done:  make(chan struct{}),
+	}
+	c.br = bufio.NewReaderSize(&idleReader{c: c}, readBufSize)
+	return c
+}
+
+// close tears the connection down; idempotent. Both goroutines notice and return.
+func (c *conn) close() {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		_ = c.nc.Close()
+	})
+}
+
+// serve runs the connection: the reader in a new goroutine, the writer in this one.
+func (c *conn) serve() {
+	defer c.srv.wg.Done()
+	c.log.Debug("connection opened", "uid", c.cred.Uid, "gid", c.cred.Gid, "pid", c.cred.Pid)
+	var readErr error
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		readErr = c.readLoop()
+	}()
+	w := &writer{c: c, drain: c.srv.drain}
+	w.bw = bufio.NewWriterSize(&stallWriter{nc: c.nc, timeout: c.srv.cfg.WriteTimeout}, writeBufSize)
+	writeErr := w.loop()
+	c.close()
+	<-readerDone
+	c.srv.remove(c)
+	w.stopTimer()
+
+	if isTimeout(writeErr) {
+		c.log.Warn("connection closed: client not reading its answers", "write_timeout", c.srv.cfg.WriteTimeout)
+		return
+	}
+	// The writer's reason comes first: when it ends the connection, the reader's error
+	// (use of a closed connection) is only a consequence.
+	c.log.Debug("connection closed", "reason", cmp.Or(writeErr, readErr))
+}
+
+// readLoop reads lines and queues what each is owed, until EOF, an error, idleness or close.
+func (c *conn) readLoop() error {
+	defer close(c.fifo)
+	for {
+		line, tooLong, err := c.readLine()
+		if err != nil {
+			return err
+		}
+		if !tooLong && len(bytes.TrimLeft(line, " \t\r")) == 0 {
+			continue
+		}
+		select {
+		case c.slots <- struct{}{}:
+		case <-c.done:
+			return errConnClosed
+		}
+		// Never blocks: fifo holds at most one item per slot.
+		c.fifo <- c.handleLine(line, tooLong)
+	}
+}
+
+// readLine returns the next line without its newline, valid until the next call. A line
+// over MaxRequestBytes is read to its end and dropped: tooLong is set and line is empty.
+// A last line without a newline is returned as a line; io.EOF comes after it.
+func (c *conn) readLine() (line []byte, tooLong bool, err error) {
+	limit := c.srv.cfg.MaxRequestBytes
+	if cap(c.line) > keepBufSize {
+		c.line = nil
+	}
+	c.line = c.line[:0]
+	for first := true; ; first = false {
+		frag, err := c.br.ReadSlice('\n')
+		n := len(frag)
+		if err == nil {
+			n-- // the newline
+		}
+		switch {
+		case tooLong:
+		case len(c.line)+n > limit:
+			tooLong = true
+			c.line = c.line[:0]
+		case first && err == nil:
+			return frag[:n], false, nil // the common case: no copy
+		default:
+			c.line = append(c.line, frag[:n]...)
+		}
+		switch {
+		case err == nil:
+			return c.line, tooLong, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF) && (tooLong || len(c.line) > 0):
+			return c.line, tooLong, nil
+		default:
+			return nil, false, err
+		}
+	}
+}
+
+// handleLine parses one line and submits its requests; it returns what the line is owed.
+func (c *conn) handleLine(line []byte, tooLong bool) item {
+	if tooLong {
+		limit := c.srv.cfg.MaxRequestBytes
+		msg := fmt.Sprintf("request line longer than %d bytes", limit)
+		return c.single(c.errorPart(actor.ReasonTooLarge, msg, map[string]any{"limit": limit}))
+	}
+	if !utf8.Valid(line) {
+		return c.single(c.errorPart(reasonParseError, "request line is not valid UTF-8", nil))
+	}
+	draining := c.srv.isDraining()
+	trimmed := bytes.TrimLeft(line, " \t\r")
+	if trimmed[0] != '[' {
+		p, ok := c.handleRequest(line, draining)
+		if !ok {
+			return item{}
+		}
+		return c.single(p)
+	}
+	var elems []json.RawMessage
+	if err := json.Unmarshal(line, &elems); err != nil {
+		return c.single(c.errorPart(reasonParseError, "request line is not JSON: "+err.Error(), nil))
+	}
+	if len(elems) == 0 {
+		return c.single(c.errorPart(reasonInvalidRequest, "empty batch", nil))
+	}
+	it := item{batch: true}
+	for _, e := range elems {
+		if p, ok := c.handleRequest(e, draining); ok {
+			it.parts = append(it.parts, p)
+		}
+	}
+	return it
+}
+
+func (c *conn) single(p part) item { return item{parts: []part{p}} }
+
+// handleRequest validates one request object and submits it. ok is false for a
+// notification, which is owed nothing.
+func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		var syntax *json.SyntaxError
+		if errors.As(err, &syntax) {
+			return c.errorPart(reasonParseError, "request line is not JSON: "+err.Error(), nil), true
+		}
+		return c.errorPart(reasonInvalidRequest, "a request must be a JSON object", nil), true
+	}
+	if m == nil {
+		return c.errorPart(reasonInvalidRequest, "a request must be a JSON object", nil), true
+	}
+	id, hasID := m["id"]
+	if hasID && !validID(id) {
+		return c.errorPart(reasonInvalidRequest, "id must be a string, a number or null", nil), true
+	}
+	if v, ok := decodeString(m["jsonrpc"]); !ok || v != "2.0" {
+		return c.errorPart(reasonInvalidRequest, `jsonrpc must be "2.0"`, nil), true
+	}
+	method, ok := decodeString(m["method"])
+	if !ok {
+		return c.errorPart(reasonInvalidRequest, "method must be a string", nil), true
+	}
+	params, hasParams := m["params"]
+	if hasParams && (len(params) == 0 || params[0] != '{' && params[0] != '[') {
+		return c.errorPart(reasonInvalidRequest, "params must be an object or an array", nil), true
+	}
+	debug := c.log.Enabled(context.Background(), slog.LevelDebug)
+
+	if !hasID {
+		switch {
+		case draining:
+			if debug {
+				c.log.Debug("notification dropped: draining", "method", method)
+			}
+		case method == "status":
+		default:
+			// The reply is dropped: the channel is buffered, so the backend never blocks on it.
+			c.srv.cfg.Backend.Submit(method, params)
+			if debug {
+				c.log.Debug("notification", "method", method)
+			}
+		}
+		return part{}, false
+	}
+	p = part{id: id, method: method, start: time.Now()}
+	switch {
+	case draining:
+		p.reason = actor.ReasonShuttingDown
+		p.msg, _ = appendError(nil, id, p.reason, "server is going away; retry on a new connection", nil)
+	case method == "status":
+		result, err := c.srv.status()
+		if err != nil {
+			c.log.Error("encoding status", "err", err)
+			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "encoding status failed", nil)
+		} else {
+			p.msg = appendResult(nil, id, result)
+		}
+	default:
+		p.reply = c.srv.cfg.Backend.Submit(method, params)
+		if p.reply == nil {
+			c.log.Error("backend returned no reply channel", "method", method)
+			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "request was not queued", nil)
+		}
+	}
+	return p, true
+}
+
+// errorPart is an answer with id null, for lines that are not requests.
+func (c *conn) errorPart(reason, message string, data map[string]any) part {
+	msg, _ := appendError(nil, nullID, reason, message, data)
+	if c.log.Enabled(context.Background(), slog.LevelDebug) {
+		c.log.Debug("bad request line", "reason", reason, "err", message)
+	}
+	return part{id: nullID, msg: msg}
+}
+
+// validID reports whether raw (a JSON value) is a string, a number or null.
+func validID(raw []byte) bool {
+	if len(raw) == 0 {
+		return false
+	}
+	switch c := raw[0]; {
+	case c == '"', c == '-', c >= '0' && c <= '9':
+		return true
+	case c == 'n':
+		return true // valid JSON starting with n is null
+	}
+	return false
+}
+
+// decodeString decodes raw if it is a JSON string.
+func decodeString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return string(raw[1 : len(raw)-1]), true
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// writer is the connection's writing side: it owns the socket's write half and the
+// goaway and grace-period timing.
+type writer struct {
+	c         *conn
+	bw        *bufio.Writer
+	buf       []byte           // scratch for one message, so the socket only sees whole lines
+	drain     <-chan struct{}  // the server's drain signal; nil once goaway was written
+	grace     <-chan time.Time // fires GoawayGrace after goaway
+	timer     *time.Timer
+	graceOver bool
+}
+
+// loop answers items in order until the reader is done and every answer is written, the
+// grace period after goaway is over with nothing owed, or an error.
+func (w *writer) loop() error {
+	for {
+		select {
+		case <-w.drain:
+			// Checked on every item so that a busy pipeline learns of the goaway early.
+			if err := w.goaway(); err != nil {
+				return err
+			}
+		default:
+		}
+		if w.graceOver && len(w.c.slots) == 0 {
+			return w.flushed(errGraceOver)
+		}
+		var it item
+		var ok bool
+		select {
+		case it, ok = <-w.c.fifo:
+		default:
+			// Nothing queued: push out what is buffered before waiting.
+			if err := w.bw.Flush(); err != nil {
+				return err
+			}
+			var err error
+			if it, ok, err = w.next(); err != nil {
+				return err
+			}
+		}
+		if !ok {
+			return w.bw.Flush()
+		}
+		if err := w.write(it); err != nil {
+			return err
+		}
+		<-w.c.slots
+	}
+}
+
+// next waits for the next item, handling goaway and the grace timer meanwhile.
+func (w *writer) next() (item, bool, error) {
+	for {
+		select {
+		case it, ok := <-w.c.fifo:
+			return it, ok, nil
+		case <-w.drain:
+			if err := w.goaway(); err != nil {
+				return item{}, false, err
+			}
+		case <-w.grace:
+			w.grace, w.graceOver = nil, true
+			if len(w.c.slots) == 0 {
+				return item{}, false, errGraceOver
+			}
+		case <-w.c.done:
+			return item{}, false, errConnClosed
+		}
+	}
+}
+
+// await waits for a backend reply, handling goaway and the grace timer meanwhile.
+func (w *writer) await(ch <-chan actor.Reply) (actor.Reply, error) {
+	select {
+	case r := <-ch:
+		return r, nil
+	default:
+	}
+	if err := w.bw.Flush(); err != nil {
+		return actor.Reply{}, err
+	}
+	for {
+		select {
+		case r := <-ch:
+			return r, nil
+		case <-w.drain:
+			if err := w.goaway(); err != nil {
+				return actor.Reply{}, err
+			}
+		case <-w.grace:
+			w.grace, w.graceOver = nil, true // an answer is still owed: keep going
+		case <-w.c.done:
+			return actor.Reply{}, errConnClosed
+		}
+	}
+}
+
+// goaway writes the goaway notification at once and starts the grace timer.
+func (w *writer) goaway() error {
+	w.drain = nil
+	w.timer = time.NewTimer(w.c.srv.cfg.GoawayGrace)
+	w.grace = w.timer.C
+	msg := appendGoaway(nil, w.c.srv.goawayReason())
+	if _, err := w.bw.Write(append(msg, '\n')); err != nil {
+		return err
+	}
+	return w.bw.Flush()
+}
+
+func (w *writer) stopTimer() {
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
+
+// flushed returns err unless flushing fails first.
+func (w *writer) flushed(err error) error {
+	if ferr := w.bw.Flush(); ferr != nil {
+		return ferr
+	}
+	return err
+}
+
+// write encodes and writes everything one line is owed.
+func (w *writer) write(it item) error {
+	if len(it.parts) == 0 {
+		return nil
+	}
+	if cap(w.buf) > keepBufSize {
+		w.buf = nil
+	}
+	w.buf = w.buf[:0]
+	if it.batch {
+		w.buf = append(w.buf, '[')
+	}
+	for i, p := range it.parts {
+		if i > 0 {
+			w.buf = append(w.buf, ',')
+		}
+		var err error
+		if w.buf, err = w.appendPart(w.buf, p); err != nil {
+			return err
+		}
+	}
+	if it.batch {
+		w.buf = append(w.buf, ']')
+	}
+	w.buf = append(w.buf, '\n')
+	_, err := w.bw.Write(w.buf)
+	return err
+}
+
+// appendPart appends one answer, waiting for the backend if need be.
+func (w *writer) appendPart(b []byte, p part) ([]byte, error) {
+	if p.msg != nil {
+		w.logAnswer(p, p.reason)
+		return append(b, p.msg...), nil
+	}
+	r, err := w.await(p.reply)
+	if err != nil {
+		return b, err
+	}
+	c := w.c
+	switch {
+	case r.Err != nil:
+		reason := r.Err.Reason
+		if _, known := wireErrors[reason]; !known {
+			c.log.Error("backend error with unknown reason", "reason", reason, "message", r.Err.Message, "method", p.method)
+			reason = actor.ReasonInternal
+		}
+		b, err = appendError(b, p.id, reason, r.Err.Message, r.Err.Data)
+		if err != nil {
+			c.log.Error("encoding error data", "method", p.method, "err", err)
+		}
+		w.logAnswer(p, reason)
+		return b, nil
+	case len(r.Result) == 0:
+		c.log.Error("backend reply with neither result nor error", "method", p.method)
+		b, _ = appendError(b, p.id, actor.ReasonInternal, "empty reply", nil)
+		w.logAnswer(p, actor.ReasonInternal)
+		return b, nil
+	case bytes.IndexByte(r.Result, '\n') >= 0:
+		// A raw newline would cut the message in two; only whitespace can hold one.
+		var compact bytes.Buffer
+		if err := json.Compact(&compact, r.Result); err != nil {
+			c.log.Error("backend result is not JSON", "method", p.method, "err", err)
+			b, _ = appendError(b, p.id, actor.ReasonInternal, "invalid result", nil)
+			w.logAnswer(p, actor.ReasonInternal)
+			return b, nil
+		}
+		r.Result = compact.Bytes()
+	}
+	w.logAnswer(p, "")
+	return appendResult(b, p.id, r.Result), nil
+}
+
+func (w *writer) logAnswer(p part, reason string) {
+	if p.method == "" || !w.c.log.Enabled(context.Background(), slog.LevelDebug) {
+		return
+	}
+	w.c.log.Debug("request", "method", p.method, "id", string(p.id), "reason", reason, "dur", time.Since(p.start))
+}
+
+// idleReader reads from the connection with IdleTimeout as the read deadline, except while
+// answers are owed: a client waiting for a slow write is not idle.
+type idleReader struct{ c *conn }
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	for {
+		_ = r.c.nc.SetReadDeadline(time.Now().Add(r.c.srv.cfg.IdleTimeout))
+		n, err := r.c.nc.Read(p)
+		if n == 0 && isTimeout(err) {
+			if len(r.c.slots) > 0 {
+				continue
+			}
+			return 0, errIdle
+		}
+		return n, err
+	}
+}
+
+// stallWriter writes to the connection and fails only when the client has taken none of
+// our bytes for timeout: a slow reader is served, a stalled one is dropped.
+type stallWriter struct {
+	nc      *net.UnixConn
+	timeout time.Duration
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	written := 0
+	for {
+		_ = w.nc.SetWriteDeadline(time.Now().Add(w.timeout))
+		n, err := w.nc.Write(p[written:])
+		written += n
+		if err == nil || n == 0 || !isTimeout(err) {
+			return written, err
+		}
+	}
+}
+
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
+}
