@@ -40,7 +40,8 @@ const (
 //
 // Values are immutable by convention: Set, Delete and Merge never write into a backing
 // array they did not allocate, so copies of a Value may be shared between goroutines
-// as long as nobody assigns into Arr or Obj elements directly.
+// as long as nobody assigns into Arr or Obj elements directly. Nothing in this codec
+// blocks; every function is safe for concurrent use on values nobody is modifying.
 type Value struct {
 	Kind Kind
 	Bool bool     // Kind == Bool
@@ -280,7 +281,7 @@ func (p *parser) object(depth int) (Value, error) {
 	clear(p.members[base:]) // drop references so the stack does not pin parsed values
 	p.members = p.members[:base]
 	if indexNames > 0 {
-		sortIndexFirst(obj, indexNames)
+		sortIndexFirst(obj)
 	}
 	return Value{Kind: Object, Obj: obj}, nil
 }
@@ -605,25 +606,28 @@ func indexNumber(s string) (uint32, bool) {
 	return uint32(n), true
 }
 
-// sortIndexFirst puts the index names of obj (there are n of them) first in ascending
-// numeric order and keeps the other members in their order.
-func sortIndexFirst(obj []Member, n int) {
-	index := make([]Member, 0, n)
-	rest := obj[:0]
-	for _, m := range obj {
-		if _, ok := arrayIndex(m.Name); ok {
-			index = append(index, m)
-		} else {
-			rest = append(rest, m)
-		}
-	}
-	copy(obj[n:], rest) // copy is a memmove, so the overlap with obj is fine
-	slices.SortFunc(index, func(a, b Member) int {
-		x, _ := arrayIndex(a.Name)
-		y, _ := arrayIndex(b.Name)
-		return cmp.Compare(x, y)
+// sortIndexFirst puts the index names of obj first in ascending numeric order and
+// keeps the other members in their order.
+func sortIndexFirst(obj []Member) {
+	slices.SortStableFunc(obj, func(a, b Member) int {
+		x, aIndex := arrayIndex(a.Name)
+		y, bIndex := arrayIndex(b.Name)
+		return compareIndex(x, aIndex, y, bIndex)
 	})
-	copy(obj, index)
+}
+
+// compareIndex orders names as JavaScript does, given their array-index status: index
+// names first, ascending; all other names compare equal so a stable sort keeps their order.
+func compareIndex(x uint32, xIndex bool, y uint32, yIndex bool) int {
+	switch {
+	case xIndex && yIndex:
+		return cmp.Compare(x, y)
+	case xIndex:
+		return -1
+	case yIndex:
+		return 1
+	}
+	return 0
 }
 
 // Quote returns the canonical literal of s, as JSON.stringify writes a string. s is
@@ -665,6 +669,7 @@ func appendQuote(dst []byte, s string) []byte {
 
 // Text returns the string a String value holds. It reports false if v is not a String,
 // or if the string holds a lone surrogate, which a Go string cannot represent.
+// It does not block and is safe for concurrent use.
 func (v Value) Text() (string, bool) {
 	if v.Kind != String {
 		return "", false
@@ -730,7 +735,8 @@ func unquote(lit string) (string, bool) {
 }
 
 // Field returns the member of an Object whose decoded name is name. It reports false
-// for a missing member or if v is not an Object.
+// for a missing member or if v is not an Object. It does not block and is safe for
+// concurrent use.
 func (v Value) Field(name string) (Value, bool) {
 	if v.Kind != Object {
 		return Value{}, false
@@ -760,7 +766,8 @@ func nameIs(lit, s string) bool {
 // Set gives v the member name (a canonical literal) with value x, as JavaScript's
 // `v[name] = x`: an existing member keeps its place, a new one is appended, or inserted
 // among the index names in numeric order. If v is not an Object it becomes {} first.
-// Set copies v.Obj rather than writing into it, so other copies of v are unaffected.
+// Set copies v.Obj rather than writing into it, so other copies of v are unaffected;
+// like any write to *v it must not race with other uses of the same variable.
 func (v *Value) Set(name string, x Value) {
 	if v.Kind != Object {
 		*v = Value{Kind: Object}
@@ -777,7 +784,8 @@ func (v *Value) Set(name string, x Value) {
 }
 
 // Delete removes the member name (a canonical literal) from an Object and reports
-// whether it was there. Like Set it copies rather than writes into v.Obj.
+// whether it was there. Like Set it copies rather than writes into v.Obj, and it must
+// not race with other uses of the same variable.
 func (v *Value) Delete(name string) bool {
 	if v.Kind != Object {
 		return false
@@ -819,7 +827,8 @@ func insertMember(obj []Member, m Member) []Member {
 
 // AppendIndent appends JSON.stringify(v, null, 2) as it appears when v stands nested
 // depth levels deep (0 = top level): the members or elements of v are indented
-// 2*(depth+1) spaces and its closing bracket 2*depth spaces.
+// 2*(depth+1) spaces and its closing bracket 2*depth spaces. It does not block and is
+// safe for concurrent use.
 func AppendIndent(dst []byte, v Value, depth int) []byte {
 	switch v.Kind {
 	case Object:
@@ -868,7 +877,8 @@ func appendNewline(dst []byte, depth int) []byte {
 	return dst
 }
 
-// AppendCompact appends JSON.stringify(v): no whitespace at all.
+// AppendCompact appends JSON.stringify(v): no whitespace at all. It does not block and
+// is safe for concurrent use.
 func AppendCompact(dst []byte, v Value) []byte {
 	switch v.Kind {
 	case Object:
@@ -973,6 +983,7 @@ func appendNumber(dst []byte, f float64) []byte {
 // Compact appends src without its insignificant whitespace. src must be canonical
 // output of this package (AppendIndent, EncodeEntry values, AppendStore); Compact does
 // not validate it, so that turning stored bytes into a compact wire reply is one pass.
+// It does not block and is safe for concurrent use.
 func Compact(dst, src []byte) []byte {
 	dst = slices.Grow(dst, len(src))
 	for i := 0; i < len(src); {

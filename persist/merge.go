@@ -42,7 +42,7 @@ func Merge(target, patch Value) Value {
 		}
 		return memberIndex(out, name)
 	}
-	deleted, newIndex := 0, 0
+	deleted, newIndex := 0, false
 	for _, m := range patch.Obj {
 		i := find(m.Name)
 		switch {
@@ -61,7 +61,7 @@ func Merge(target, patch Value) Value {
 				at[m.Name] = len(out) - 1
 			}
 			if _, ok := arrayIndex(m.Name); ok {
-				newIndex++
+				newIndex = true
 			}
 		}
 	}
@@ -75,14 +75,8 @@ func Merge(target, patch Value) Value {
 		clear(out[len(kept):])
 		out = kept
 	}
-	if newIndex > 0 {
-		n := 0
-		for _, m := range out {
-			if _, ok := arrayIndex(m.Name); ok {
-				n++
-			}
-		}
-		sortIndexFirst(out, n)
+	if newIndex {
+		sortIndexFirst(out)
 	}
 	if len(out) == 0 {
 		out = nil

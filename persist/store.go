@@ -2,11 +2,11 @@ package persist
 
 import (
 	"bytes"
-	"cmp"
 	"slices"
 )
 
-// Entry is one top-level member of sessions.json as the file holds it.
+// Entry is one top-level member of sessions.json as the file holds it. Frag is shared,
+// never modified in place: a write replaces the slice, so snapshots can hold on to it.
 type Entry struct {
 	Key  string // decoded name (valid UTF-8)
 	Frag []byte // the member's bytes in the file: EncodeEntry(Key, value)
@@ -25,6 +25,7 @@ func EncodeEntry(key string, v Value) []byte {
 
 // EntryValue returns the value bytes of a Frag (after the key literal and ": "), a
 // sub-slice of frag. frag is not validated; it must come from EncodeEntry or ParseStore.
+// It does not block and is safe for concurrent use.
 func EntryValue(frag []byte) []byte {
 	for i := 3; i < len(frag); i++ {
 		switch frag[i] {
@@ -41,7 +42,8 @@ func EntryValue(frag []byte) []byte {
 }
 
 // AppendStore appends the whole sessions.json for the given entry fragments (each as
-// EncodeEntry returns it), in order: JSON.stringify(store, null, 2) with no trailing newline.
+// EncodeEntry returns it), in order: JSON.stringify(store, null, 2) with no trailing
+// newline. It does not block and is safe for concurrent use.
 func AppendStore(dst []byte, frags [][]byte) []byte {
 	if len(frags) == 0 {
 		return append(dst, '{', '}')
@@ -168,15 +170,7 @@ func ParseStore(data []byte, maxDepth int) ([]Entry, error) {
 		slices.SortStableFunc(entries, func(a, b Entry) int {
 			x, aIndex := indexNumber(a.Key)
 			y, bIndex := indexNumber(b.Key)
-			switch {
-			case aIndex && bIndex:
-				return cmp.Compare(x, y)
-			case aIndex:
-				return -1
-			case bIndex:
-				return 1
-			}
-			return 0
+			return compareIndex(x, aIndex, y, bIndex)
 		})
 	}
 	return entries, nil
