@@ -80,6 +80,7 @@ type Actor struct {
 	cfg         Config
 	log         *slog.Logger
 	journalPath string
+	dryRun      bool // Check: load without writing anything
 
 	// mu orders Submit's send against the stop in Run: once stopping is set under the
 	// write lock no request can enter the mailbox, so the final drain misses none.
@@ -241,10 +242,17 @@ func (a *Actor) publish() {
 // Run applies requests until ctx is done, then stops taking new ones, answers every
 // request already queued, writes the final snapshot and returns. The error is non-nil
 // when the final snapshot could not be written (the journal still holds every
-// acknowledged write). Blocks; call once.
+// acknowledged write). Blocks. Run may be called again after it returned, to resume
+// (a restart that could not go ahead); Close ends the actor for good.
 func (a *Actor) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.stopping = false
+	a.mu.Unlock()
 	a.log.Info("serving", "rev", a.rev, "entries", a.st.len())
 	a.armSnapshot()
+	if a.snapErr != nil || a.journalErr != nil {
+		a.armRetry()
+	}
 	for {
 		select {
 		case r := <-a.mailbox:
@@ -302,15 +310,22 @@ func (a *Actor) stop() error {
 	}
 	a.held = nil
 	a.failWaiters(a.rev, errors.New("the server stopped before the snapshot was written"))
-	if cerr := a.journal.Close(); err == nil && cerr != nil {
-		err = fmt.Errorf("close journal: %w", cerr)
-	}
+	a.snapC, a.syncC, a.retryC = nil, nil, nil
 	a.publish()
 	if err != nil {
 		a.log.Error("stopped without a final snapshot; the journal holds every acknowledged write", "err", err)
 		return fmt.Errorf("final snapshot: %w", err)
 	}
 	a.log.Info("actor stopped", "rev", a.rev, "snapshot_rev", a.base.Rev, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// Close closes the journal; the actor cannot Run again. Call it after Run returned.
+// Idempotent.
+func (a *Actor) Close() error {
+	if err := a.journal.Close(); err != nil {
+		return fmt.Errorf("close journal %s: %w", a.journalPath, err)
+	}
 	return nil
 }
 

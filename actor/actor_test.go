@@ -67,7 +67,9 @@ func (h *harness) start() *harness { return h.open().run() }
 func (h *harness) stop() error {
 	h.cancel()
 	h.cancel = nil
-	return <-h.done
+	err := <-h.done
+	require.NoError(h.t, h.a.Close())
+	return err
 }
 
 // restart stops the actor and opens the same store again.
@@ -577,4 +579,57 @@ func TestStopAnswersQueuedAndRefusesLater(t *testing.T) {
 	r := <-h.a.Submit("put", []byte(`{"key":"late","value":{}}`))
 	require.Equal(t, ReasonShuttingDown, r.Err.Reason)
 	require.Contains(t, readFile(h.cfg.Store), `"k99": {}`)
+}
+
+// A restart whose final snapshot fails does not go ahead: Run can be called again and
+// the store carries on with nothing lost.
+func TestResumeAfterFailedFinalSnapshot(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.fs.setFail(func(op, path string) error {
+		if op == "rename" && path == h.cfg.Store {
+			return syscall.EROFS
+		}
+		return nil
+	})
+	h.cancel()
+	require.ErrorContains(t, <-h.done, "read-only")
+	r := <-h.a.Submit("put", []byte(`{"key":"late","value":{}}`))
+	require.Equal(t, ReasonShuttingDown, r.Err.Reason, "refused while stopped")
+	h.fs.setFail(nil)
+	h.run()
+	h.ok("put", `{"key":"b","value":{}}`)
+	require.Equal(t, 2.0, h.ok("list", `{}`)["rev"])
+	require.NoError(t, h.stop())
+	require.Equal(t, "{\n  \"a\": {},\n  \"b\": {}\n}", readFile(h.cfg.Store))
+}
+
+func TestCheckWritesNothing(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.ok("flush", ``)
+	h.ok("put", `{"key":"b","value":{}}`)
+	require.NoError(t, h.stop())
+	tmp := filepath.Join(h.dir, ".sessions.json999")
+	require.NoError(t, os.WriteFile(tmp, nil, 0o600))
+	before := dirState(t, h.dir)
+	st, err := Check(h.cfg)
+	require.NoError(t, err)
+	require.Equal(t, 2, st.Entries)
+	require.Equal(t, int64(2), st.Rev)
+	require.Equal(t, before, dirState(t, h.dir))
+
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte("{"), 0o600))
+	_, err = Check(h.cfg)
+	require.ErrorContains(t, err, "not a valid session index")
+}
+
+func dirState(t *testing.T, dir string) map[string]string {
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	m := map[string]string{}
+	for _, e := range ents {
+		m[e.Name()] = readFile(filepath.Join(dir, e.Name()))
+	}
+	return m
 }

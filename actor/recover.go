@@ -10,14 +10,17 @@ import (
 // checkpoint and records on top, then writes a fresh journal (which also drops a torn
 // tail and gives the new process a descriptor no earlier failure has touched).
 func (a *Actor) recover() error {
+	var err error
 	start := time.Now()
 	fsys, path := a.cfg.FS, a.cfg.Store
-	removed, err := persist.RemoveTemps(fsys, path, a.journalPath)
-	if err != nil {
-		return err
-	}
-	if len(removed) > 0 {
-		a.log.Warn("removed temp files left by a crash", "files", removed)
+	if !a.dryRun {
+		removed, err := persist.RemoveTemps(fsys, path, a.journalPath)
+		if err != nil {
+			return err
+		}
+		if len(removed) > 0 {
+			a.log.Warn("removed temp files left by a crash", "files", removed)
+		}
 	}
 	entries, fileID, err := persist.ReadStore(fsys, path, 0)
 	if err != nil {
@@ -79,7 +82,7 @@ func (a *Actor) recover() error {
 			baseRev = max(baseRev, id.Rev)
 		}
 		aside := ""
-		if fileID.Size >= 0 {
+		if fileID.Size >= 0 && !a.dryRun {
 			data, err := fsys.ReadFile(path)
 			if err != nil {
 				return err
@@ -129,6 +132,9 @@ func (a *Actor) recover() error {
 	if cp == nil {
 		a.base.Rev = a.rev
 	}
+	if a.dryRun {
+		return nil
+	}
 	if external {
 		// sessions.json now has to become our state; write it before the journal that
 		// names it as the base.
@@ -147,4 +153,17 @@ func (a *Actor) recover() error {
 	a.log.Info("store loaded", "store", path, "entries", a.st.len(), "bytes", a.st.fileSize(), "rev", a.rev,
 		"replayed", len(a.tail), "imported", imported, "took", time.Since(start).Round(time.Microsecond))
 	return nil
+}
+
+// Check loads the store as Open would, without writing anything or taking it over: the
+// preflight a running daemon asks of a new binary before it re-execs into it. Blocks.
+func Check(cfg Config) (Stats, error) {
+	cfg.setDefaults()
+	a := &Actor{cfg: cfg, log: cfg.Logger.With("component", "actor"), journalPath: cfg.Store + ".journal",
+		st: newStore(), dedup: newDedupTable(), dryRun: true}
+	if err := a.recover(); err != nil {
+		return Stats{}, err
+	}
+	a.publish()
+	return a.Stats(), nil
 }

@@ -173,6 +173,8 @@ type Status struct {
 	Socket          string `json:"socket"`
 	Degraded        string `json:"degraded"` // why writes are failing now; "" when healthy
 	ExternalChanges int    `json:"external_changes"`
+	RestartError    string `json:"restart_error"`   // why the last SIGUSR1 restart did not go ahead
+	RestartsFailed  int    `json:"restarts_failed"` // restarts refused in this process's life
 }
 
 // clientWriteOpts are the common params of the write methods.

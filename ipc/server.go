@@ -53,6 +53,8 @@ type ServerConfig struct {
 	Generation int
 	Started    time.Time
 	Socket     string // the socket path
+	// Restarts reports the SIGUSR1 restarts that did not go ahead, for status; nil: none.
+	Restarts func() RestartStatus
 
 	// MaxRequestBytes is the longest request line (without its newline); a longer line is
 	// answered with too_large and skipped.
@@ -74,6 +76,13 @@ type ServerConfig struct {
 	// GoawayGrace is how long a connection stays open after goaway once it owes no answers;
 	// values under one second are raised to one second (the contract's minimum).
 	GoawayGrace time.Duration
+}
+
+// RestartStatus is what status says of restarts that were refused (preflight, flush or
+// execve failed) while the old image kept serving.
+type RestartStatus struct {
+	LastError string // why the last one failed; "" once one succeeded
+	Failed    int    // how many failed in this process's life
 }
 
 // Server serves the protocol on a Unix listener. Its methods are goroutine-safe.
@@ -404,11 +413,17 @@ type statusResult struct {
 	Socket          string `json:"socket"`
 	Degraded        string `json:"degraded"`
 	ExternalChanges int    `json:"external_changes"`
+	RestartError    string `json:"restart_error"`
+	RestartsFailed  int    `json:"restarts_failed"`
 }
 
 // status builds the status result. It blocks while Backend.Stats does.
 func (s *Server) status() ([]byte, error) {
 	st := s.cfg.Backend.Stats()
+	var restart RestartStatus
+	if s.cfg.Restarts != nil {
+		restart = s.cfg.Restarts()
+	}
 	return encodeValue(statusResult{
 		Protocol:        1,
 		Version:         s.cfg.Version,
@@ -428,5 +443,7 @@ func (s *Server) status() ([]byte, error) {
 		Socket:          s.cfg.Socket,
 		Degraded:        st.Degraded,
 		ExternalChanges: st.External,
+		RestartError:    restart.LastError,
+		RestartsFailed:  restart.Failed,
 	})
 }

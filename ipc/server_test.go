@@ -584,7 +584,8 @@ func TestStatus(t *testing.T) {
 			DedupWindow: 4000, Store: "/s/sessions.json", Degraded: "disk full", External: 2}
 	}
 	started := time.Now().Add(-time.Hour)
-	ts := startServer(t, ServerConfig{Backend: backend, Version: "1.2.3", PID: 42, Generation: 3, Started: started})
+	ts := startServer(t, ServerConfig{Backend: backend, Version: "1.2.3", PID: 42, Generation: 3, Started: started,
+		Restarts: func() RestartStatus { return RestartStatus{LastError: "preflight failed", Failed: 2} }})
 	c := dial(t, ts.path)
 
 	c.send(req("1", "status", ""))
@@ -600,6 +601,7 @@ func TestStatus(t *testing.T) {
 		"rev": 10.0, "durable_rev": 9.0, "snapshot_rev": 8.0, "entries": 7.0, "bytes": 6.0,
 		"connections": 1.0, "queue": 5.0, "dedup_window_ms": 4000.0, "store": "/s/sessions.json",
 		"socket": ts.path, "degraded": "disk full", "external_changes": 2.0,
+		"restart_error": "preflight failed", "restarts_failed": 2.0,
 	}, st)
 	require.Zero(t, submitted.Load(), "status is answered by the server")
 }

@@ -37,19 +37,30 @@ func (e *Error) Unwrap() error { return e.kind }
 type Handler struct {
 	log  *slog.Logger
 	sigc chan os.Signal
-	done chan struct{}
-	once sync.Once
 }
 
 // New registers for SIGTERM, SIGINT and SIGUSR1 at once.
 func New(log *slog.Logger) *Handler {
-	h := &Handler{log: log.With("component", "signals"), sigc: make(chan os.Signal, 4), done: make(chan struct{})}
+	h := &Handler{log: log.With("component", "signals"), sigc: make(chan os.Signal, 4)}
 	signal.Notify(h.sigc, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR1)
 	return h
 }
 
-// Run blocks until a signal arrives (returning *Error) or Interrupt is called (nil).
-func (h *Handler) Run() error {
+// Actor returns a run.Group actor: execute blocks until a signal arrives (returning
+// *Error) or interrupt is called (returning nil). interrupt is idempotent and safe after
+// execute returned. Each call makes a fresh actor, so the handler outlives one group.
+func (h *Handler) Actor() (execute func() error, interrupt func(error)) {
+	done := make(chan struct{})
+	var once sync.Once
+	return func() error {
+			return h.Wait(done)
+		}, func(error) {
+			once.Do(func() { close(done) })
+		}
+}
+
+// Wait blocks until a signal arrives (*Error) or done is closed (nil).
+func (h *Handler) Wait(done <-chan struct{}) error {
 	select {
 	case sig := <-h.sigc:
 		kind := ErrStop
@@ -58,31 +69,34 @@ func (h *Handler) Run() error {
 		}
 		h.log.Info("signal received", "signal", sig.String(), "action", kind.Error())
 		return &Error{Signal: sig, kind: kind}
-	case <-h.done:
+	case <-done:
 		return nil
 	}
 }
 
-// Interrupt makes Run return; idempotent, safe after Run returned.
-func (h *Handler) Interrupt(error) { h.once.Do(func() { close(h.done) }) }
-
-// Absorb logs and drops signals that arrive while a stop or restart is under way, so a
-// second SIGUSR1 is coalesced into the one being handled instead of killing the process.
-// It returns when stop is closed.
-func (h *Handler) Absorb(stop <-chan struct{}) {
+// Absorb logs and drops the signals that arrive while a restart is under way, so a
+// second SIGUSR1 is coalesced into the one being handled instead of starting another.
+// It returns when done is closed, reporting whether a stop (SIGTERM, SIGINT) arrived
+// meanwhile, which the caller must still honour.
+func (h *Handler) Absorb(done <-chan struct{}) (stop bool) {
 	for {
 		select {
 		case sig := <-h.sigc:
-			h.log.Info("signal ignored: a stop or restart is already under way", "signal", sig.String())
-		case <-stop:
-			return
+			if sig == syscall.SIGUSR1 {
+				h.log.Info("SIGUSR1 coalesced: a restart is already under way")
+				continue
+			}
+			h.log.Info("stop requested during a restart; stopping once it is done", "signal", sig.String())
+			stop = true
+		case <-done:
+			return stop
 		}
 	}
 }
 
-// Close stops delivery. SIGUSR1 stays ignored rather than going back to its default
-// action, which would kill the process (this matters across execve, where caught
-// signals revert to default but ignored ones stay ignored).
+// Close stops delivery. SIGUSR1 becomes ignored rather than going back to its default
+// action, which would kill the process: across execve caught signals revert to the
+// default while ignored ones stay ignored, until the new image registers again.
 func (h *Handler) Close() {
 	signal.Ignore(syscall.SIGUSR1)
 	signal.Stop(h.sigc)

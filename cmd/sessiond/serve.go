@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -8,9 +9,17 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	rungroup "github.com/oklog/run"
 
@@ -27,6 +36,7 @@ type serveConfig struct {
 	actor              actor.Config
 	server             ipc.ServerConfig
 	shutdownTimeout    time.Duration
+	check              bool
 	allowUID, allowGID intList
 }
 
@@ -70,6 +80,7 @@ Flags:
 	fl.DurationVar(&s.WriteTimeout, "write-timeout", ipc.DefaultWriteTimeout, "close a connection whose client stops reading for this long")
 	fl.DurationVar(&s.GoawayGrace, "goaway-grace", ipc.DefaultGoawayGrace, "how long a connection stays open after goaway (at least 1s)")
 	fl.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 30*time.Second, "longest wait for clients to finish when stopping")
+	fl.BoolVar(&c.check, "check", false, "only check that the store and journal load (read-only) and exit; what SIGUSR1 runs before re-exec")
 	fl.Var(&c.allowUID, "allow-uid", "also allow these uids to connect (comma-separated, repeatable); root and our own uid always may")
 	fl.Var(&c.allowGID, "allow-gid", "also allow peers with these effective gids")
 	if err := fl.Parse(args); err != nil {
@@ -95,8 +106,8 @@ Flags:
 	return c, nil
 }
 
-// serve runs the daemon until a signal stops it.
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
+// serve runs the daemon until a signal stops it, re-exec'ing in place on SIGUSR1.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseServe(args, stderr)
 	if cfg == nil || err != nil {
 		return err
@@ -105,38 +116,145 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.check {
+		return check(cfg, log, stdout)
+	}
 	start := time.Now()
 	// Signals first: one that arrives while the store loads must not kill the process
 	// with the default action halfway through.
 	sig := signals.New(log)
-	defer sig.Close()
+	ho, err := takeHandover()
+	if err != nil {
+		return err
+	}
+	// The path, not /proc/self/exe: a restart runs whatever binary is at the path then.
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	d := &daemon{cfg: cfg, args: args, log: log, sig: sig, exe: exe, started: start, generation: 1}
+	if ho != nil {
+		d.generation, d.started = ho.generation, ho.started
+	}
+	if err := d.open(ho); err != nil {
+		return err
+	}
+	return d.run(ho)
+}
 
+// check is `serve --check`: the preflight a running daemon asks of the binary it is about
+// to re-exec. It loads the store read-only and writes nothing.
+func check(cfg *serveConfig, log *slog.Logger, stdout io.Writer) error {
+	cfg.actor.Store, cfg.actor.Logger = cfg.store, log
+	st, err := actor.Check(cfg.actor)
+	if err != nil {
+		return fmt.Errorf("check: %w", err)
+	}
+	fmt.Fprintf(stdout, "{\"version\":%q,\"entries\":%d,\"rev\":%d}\n", version, st.Entries, st.Rev)
+	return nil
+}
+
+// daemon is one store's serving process across its restarts.
+type daemon struct {
+	cfg        *serveConfig
+	args       []string // serve's own arguments, for the preflight and the exec
+	log        *slog.Logger
+	sig        *signals.Handler
+	exe        string
+	started    time.Time
+	generation int
+
+	owner *persist.Owner
+	ln    *net.UnixListener
+	act   *actor.Actor
+
+	mu       sync.Mutex
+	restarts ipc.RestartStatus
+}
+
+// open takes ownership, the socket and the store, fresh or handed over by the previous
+// image of this process.
+func (d *daemon) open(ho *handover) (err error) {
+	cfg := d.cfg
 	if fi, err := os.Stat(filepath.Dir(cfg.store)); err != nil || !fi.IsDir() {
 		return fmt.Errorf("store directory %s does not exist", filepath.Dir(cfg.store))
 	}
-	owner, err := persist.Acquire(cfg.store + ".owner")
-	if err != nil {
+	if d.owner, err = takeOwnership(cfg.store+".owner", ho); err != nil {
 		return err
 	}
-	defer owner.Close()
-	warnLegacyLock(log, cfg.store+".lock")
+	if ho == nil {
+		warnLegacyLock(d.log, cfg.store+".lock")
+		// Listen before loading: clients that connect meanwhile wait in the backlog.
+		d.ln, err = ipc.Listen(cfg.socket)
+	} else {
+		d.ln, err = adoptListener(ho.listenFD, cfg.socket)
+	}
+	if err != nil {
+		d.owner.Close()
+		return err
+	}
+	// The socket path is removed by a stop, never by a Close on the way to an exec.
+	d.ln.SetUnlinkOnClose(false)
+	cfg.actor.Store, cfg.actor.Logger = cfg.store, d.log
+	if d.act, err = actor.Open(cfg.actor); err != nil {
+		d.ln.Close()
+		if ho == nil {
+			os.Remove(cfg.socket)
+		}
+		d.owner.Close()
+		return err
+	}
+	return nil
+}
 
-	// Listen before loading: clients that connect meanwhile wait in the backlog.
-	ln, err := ipc.Listen(cfg.socket)
-	if err != nil {
-		return err
+// run serves until a stop; each SIGUSR1 that passes its checks ends in execve, and one
+// that does not resumes serving here.
+func (d *daemon) run(ho *handover) error {
+	ready := "READY=1\nSTATUS=serving, generation " + strconv.Itoa(d.generation) + ", version " + version
+	sdNotify(d.log, ready)
+	if ho == nil {
+		d.log.Info("sessiond ready", "version", version, "pid", os.Getpid(), "generation", d.generation,
+			"store", d.cfg.store, "socket", d.cfg.socket, "startup", time.Since(d.started).Round(time.Millisecond))
+	} else {
+		d.log.Info("sessiond ready after restart", "version", version, "pid", os.Getpid(), "generation", d.generation,
+			"store", d.cfg.store, "socket", d.cfg.socket, "since_signal", time.Since(ho.signaled).Round(time.Microsecond))
 	}
-	defer ln.Close() // unlinks the socket path
+	stopNow := ho != nil && ho.stop
+	for {
+		why, signaled, actErr := d.serveUntilSignal(stopNow)
+		if errors.Is(why, signals.ErrStop) || (why != nil && !errors.Is(why, signals.ErrRestart)) {
+			return d.shutdown(why, actErr)
+		}
+		// A restart: the server has drained and the actor has stopped. Signals that
+		// arrive from now on are coalesced into this restart.
+		absorbDone, absorbed := make(chan struct{}), make(chan bool, 1)
+		go func() { absorbed <- d.sig.Absorb(absorbDone) }()
+		stopAbsorbing := func() bool {
+			close(absorbDone)
+			return <-absorbed
+		}
+		var err error
+		if actErr != nil {
+			err = fmt.Errorf("final flush failed, not re-executing: %w", actErr)
+			stopNow = stopAbsorbing()
+		} else {
+			// Returns only when execve failed.
+			stopNow, err = d.exec(signaled, stopAbsorbing)
+		}
+		d.restartFailed(err)
+	}
+}
 
-	cfg.actor.Store, cfg.actor.Logger = cfg.store, log
-	act, err := actor.Open(cfg.actor)
-	if err != nil {
-		return err
-	}
-	cfg.server.Backend, cfg.server.Logger = act, log
-	cfg.server.Version, cfg.server.PID, cfg.server.Generation = version, os.Getpid(), 1
-	cfg.server.Started, cfg.server.Socket = start, cfg.socket
-	srv := ipc.NewServer(cfg.server)
+// serveUntilSignal runs the server and the actor until a stop or a restart signal that
+// passed its preflight. It returns the signal's error, when it arrived, and the actor's
+// error (a failed final snapshot).
+func (d *daemon) serveUntilSignal(stopNow bool) (why error, signaled time.Time, actErr error) {
+	cfg := d.cfg.server
+	cfg.Backend, cfg.Logger = d.act, d.log
+	cfg.Version, cfg.PID, cfg.Generation = version, os.Getpid(), d.generation
+	cfg.Started, cfg.Socket = d.started, d.cfg.socket
+	cfg.Restarts = d.restartStatus
+	srv := ipc.NewServer(cfg)
 
 	// Shutdown order: the signal ends the group; the server sends goaway, answers
 	// everything it read (the actor is still running for that) and closes its
@@ -145,33 +263,146 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	// were added and the server's interrupt blocks until it has drained, which is what
 	// makes this order hold.
 	var g rungroup.Group
-	g.Add(sig.Run, sig.Interrupt)
+	sigRun, sigInterrupt := d.sig.Actor()
 	g.Add(func() error {
-		return srv.Serve(ln)
-	}, func(error) {
-		ctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
-		defer cancel()
-		log.Info("stopping server: goaway sent, answering what was read", "connections", srv.Conns())
-		if err := srv.Shutdown(ctx, "shutdown"); err != nil {
-			log.Error("server did not drain in time; closed remaining connections", "err", err)
+		if stopNow {
+			return &signals.Error{Signal: syscall.SIGTERM}
 		}
-		log.Info("server stopped")
+		for {
+			err := sigRun()
+			if !errors.Is(err, signals.ErrRestart) {
+				return err
+			}
+			signaled = time.Now()
+			if perr := d.prepareRestart(); perr != nil {
+				d.restartFailed(perr)
+				continue
+			}
+			return err
+		}
+	}, sigInterrupt)
+	g.Add(func() error {
+		return srv.Serve(d.ln)
+	}, func(err error) {
+		reason := "shutdown"
+		if errors.Is(err, signals.ErrRestart) {
+			reason = "restart"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), d.cfg.shutdownTimeout)
+		defer cancel()
+		start := time.Now()
+		d.log.Info("stopping server: goaway sent, answering what was read", "reason", reason, "connections", srv.Conns())
+		if err := srv.Shutdown(ctx, reason); err != nil {
+			d.log.Error("server did not drain in time; closed remaining connections", "err", err)
+		}
+		d.log.Info("server stopped", "took", time.Since(start).Round(time.Microsecond))
 	})
 	actx, stopActor := context.WithCancel(context.Background())
 	g.Add(func() error {
-		return act.Run(actx)
+		actErr = d.act.Run(actx)
+		return actErr
 	}, func(error) {
 		stopActor()
 	})
-	log.Info("sessiond ready", "version", version, "pid", os.Getpid(), "store", cfg.store,
-		"socket", cfg.socket, "startup", time.Since(start).Round(time.Millisecond))
-	err = g.Run()
-	var se *signals.Error
-	if errors.As(err, &se) {
-		log.Info("sessiond stopped", "signal", se.Signal.String(), "uptime", time.Since(start).Round(time.Millisecond))
-		return nil
+	why = g.Run()
+	stopActor()
+	return why, signaled, actErr
+}
+
+// prepareRestart runs while the old image still serves: the binary now at the path must
+// pass its check on this store, and sessions.json must be flushable (a failing disk is
+// found before anything is torn down).
+func (d *daemon) prepareRestart() error {
+	sdNotify(d.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=restarting", monotonicUsec()))
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.shutdownTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, d.exe, append([]string{"serve", "--check"}, d.args...)...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	cmd.Env = envWithout(os.Environ(), "NOTIFY_SOCKET")
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(errOut.String())
+		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		}
+		return fmt.Errorf("preflight of %s failed: %w: %s", d.exe, err, msg)
 	}
-	return err
+	d.log.Info("preflight passed", "binary", d.exe, "result", strings.TrimSpace(out.String()),
+		"took", time.Since(start).Round(time.Microsecond))
+	if r := <-d.act.Submit("flush", nil); r.Err != nil {
+		return fmt.Errorf("flush before restart failed: %w", r.Err)
+	}
+	return nil
+}
+
+// exec replaces the process image with the binary at the path, handing over the
+// listening socket and the ownership lock. It returns only if execve failed, with
+// everything restored so that serving can resume, and whether a stop arrived meanwhile.
+func (d *daemon) exec(signaled time.Time, stopAbsorbing func() bool) (stop bool, err error) {
+	lnFile, err := d.ln.File()
+	if err != nil {
+		return stopAbsorbing(), fmt.Errorf("listener descriptor: %w", err)
+	}
+	defer lnFile.Close() // reached only when execve failed
+	lockFD := d.owner.File().Fd()
+	if err := inheritable(lnFile.Fd()); err != nil {
+		return stopAbsorbing(), fmt.Errorf("listener descriptor: %w", err)
+	}
+	if err := inheritable(lockFD); err != nil {
+		return stopAbsorbing(), fmt.Errorf("lock descriptor: %w", err)
+	}
+	defer unix.CloseOnExec(int(lockFD))
+	stop = stopAbsorbing()
+	h := handover{listenFD: int(lnFile.Fd()), lockFD: int(lockFD), generation: d.generation + 1,
+		started: d.started, signaled: signaled, stop: stop}
+	env := append(envWithout(os.Environ(), handoverEnv), handoverEnv+"="+h.encode())
+	d.log.Info("re-executing", "binary", d.exe, "generation", h.generation,
+		"since_signal", time.Since(signaled).Round(time.Microsecond))
+	d.sig.Close()
+	err = syscall.Exec(d.exe, append([]string{os.Args[0], "serve"}, d.args...), env)
+	d.sig = signals.New(d.log)
+	return stop, fmt.Errorf("execve %s: %w", d.exe, err)
+}
+
+func (d *daemon) restartFailed(err error) {
+	d.mu.Lock()
+	d.restarts.LastError = err.Error()
+	d.restarts.Failed++
+	d.mu.Unlock()
+	d.log.Error("restart did not go ahead; still serving with the old image", "err", err)
+	sdNotify(d.log, "READY=1\nSTATUS=restart failed, still serving: "+err.Error())
+}
+
+func (d *daemon) restartStatus() ipc.RestartStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.restarts
+}
+
+// shutdown is the end of a stop: the server has drained and the actor has written the
+// final snapshot (or said why not).
+func (d *daemon) shutdown(why, actErr error) error {
+	sdNotify(d.log, "STOPPING=1")
+	d.ln.Close()
+	if err := os.Remove(d.cfg.socket); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		d.log.Warn("could not remove the socket file", "err", err)
+	}
+	cerr := d.act.Close()
+	d.owner.Close()
+	d.sig.Close()
+	var se *signals.Error
+	if !errors.As(why, &se) {
+		return why
+	}
+	if actErr != nil {
+		return actErr
+	}
+	if cerr != nil {
+		return cerr
+	}
+	d.log.Info("sessiond stopped", "signal", se.Signal.String(), "uptime", time.Since(d.started).Round(time.Millisecond))
+	return nil
 }
 
 // warnLegacyLock reports a sessions.json.lock left by the old file-lock writers. sessiond
