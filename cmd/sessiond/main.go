@@ -49,6 +49,7 @@ Usage:
   sessiond txn [OPS|-]              all-or-nothing ops: [{"op":"put","key":...,"value":{}}, ...]
   sessiond flush                    wait until sessions.json holds every acknowledged write
   sessiond status                   the daemon's status
+  sessiond restart                  SIGUSR1 the daemon and wait for the new image
   sessiond version                  print the version
 
 Run "sessiond COMMAND -h" for a command's flags. Client commands print one line of JSON
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
+	case "restart":
+		return runRestart(ctx, args[1:], stdout, stderr)
 	case "get", "put", "patch", "delete", "list", "txn", "flush", "status":
 		return runClient(ctx, cmd, args[1:], stdin, stdout, stderr)
 	default:

@@ -326,7 +326,10 @@ func (d *daemon) prepareRestart() error {
 		if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
 			msg = msg[i+1:]
 		}
-		return fmt.Errorf("preflight of %s failed: %w: %s", d.exe, err, msg)
+		if msg != "" {
+			err = fmt.Errorf("%w: %s", err, msg)
+		}
+		return fmt.Errorf("preflight of %s failed: %w", d.exe, err)
 	}
 	d.log.Info("preflight passed", "binary", d.exe, "result", strings.TrimSpace(out.String()),
 		"took", time.Since(start).Round(time.Microsecond))
