@@ -7,6 +7,13 @@ STORE   ?= ./sessions.json
 
 .PHONY: build run test lint bench fuzz clean
 
+# Fuzz targets as package:Name; `make fuzz` runs each for FUZZTIME. A failing input is
+# written to the package's testdata/fuzz/<Name>/ and from then on runs in the normal suite
+# with the committed seeds.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := persist:FuzzParse persist:FuzzMerge persist:FuzzParseStore persist:FuzzDecodeJournal \
+	actor:FuzzJournalReplay ipc:FuzzRequestLine
+
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/sessiond
 
@@ -22,6 +29,13 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; \
+	done
 
 clean:
 	rm -rf bin

@@ -633,3 +633,45 @@ func dirState(t *testing.T, dir string) map[string]string {
 	}
 	return m
 }
+
+// What sessiond does with store files it did not write: the documented outcome for each,
+// and the original bytes untouched whenever it refuses.
+func TestHostileStoreFiles(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 20000) + "{}" + strings.Repeat("}", 20000)
+	for _, tc := range []struct {
+		name, file string
+		refused    string // substring of the error; "" means accepted
+		key, value string // accepted: a key and its value as get returns it
+	}{
+		{"empty file", "", "offset 0", "", ""},
+		{"truncated", "{\n  \"a\": {\n    \"x\": 1", "offset", "", ""},
+		{"trailing comma", `{"a": {},}`, "offset 9", "", ""},
+		{"top level array", `[{"a": 1}]`, "top level is not an object", "", ""},
+		{"top level string", `"sessions"`, "top level is not an object", "", ""},
+		{"byte order mark", "\ufeff{}", "offset 0", "", ""},
+		{"invalid UTF-8", "{\"a\": {\"s\": \"\xff\"}}", "UTF-8", "", ""},
+		{"lone surrogate key", `{"\ud800": {}}`, "UTF-8", "", ""},
+		{"too deep", `{"k": ` + deep + `}`, "deep", "", ""},
+		{"duplicate keys: last value, first place", `{"a": {"v": 1}, "b": {}, "a": {"v": 2}}`, "", "a", `{"v":2}`},
+		{"number beyond float64 is null, as in JavaScript", `{"a": {"big": 1e400, "n": 1.50}}`, "", "a", `{"big":null,"n":1.5}`},
+		{"non-object entry kept", `{"a": [1, 2]}`, "", "a", `[1,2]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			require.NoError(t, os.WriteFile(h.cfg.Store, []byte(tc.file), 0o600))
+			if tc.refused != "" {
+				_, err := Open(h.cfg)
+				require.ErrorContains(t, err, tc.refused)
+				require.ErrorContains(t, err, h.cfg.Store)
+				require.Equal(t, tc.file, readFile(h.cfg.Store), "left byte-identical")
+				_, err = os.Stat(h.cfg.Store + ".journal")
+				require.ErrorIs(t, err, os.ErrNotExist)
+				return
+			}
+			h.start()
+			r := h.call("get", `{"key":"`+tc.key+`"}`)
+			require.Nil(t, r.Err)
+			require.Contains(t, string(r.Result), `"value":`+tc.value+`}`)
+		})
+	}
+}

@@ -1,10 +1,33 @@
 package actor
 
 import (
+	"bytes"
+	"fmt"
 	"time"
 
 	"sessiond/persist"
 )
+
+// maxStoreDepth bounds the nesting a sessions.json may have. Requests are limited far
+// lower (--max-depth), so only a file written by something else can come near it; the
+// bound keeps a hostile file from exhausting the parser's stack.
+const maxStoreDepth = 10000
+
+// checkFrag verifies a journal post-image before it is served: the checksum only proves
+// the bytes are what was written, not that what was written is an entry.
+func checkFrag(op persist.Op) error {
+	if op.Frag == nil {
+		return nil
+	}
+	prefix := "  " + persist.Quote(op.Key) + ": "
+	if !bytes.HasPrefix(op.Frag, []byte(prefix)) {
+		return fmt.Errorf("%w: entry of %q does not start with its key", persist.ErrCorrupt, op.Key)
+	}
+	if _, err := persist.Parse(persist.EntryValue(op.Frag), maxStoreDepth); err != nil {
+		return fmt.Errorf("%w: entry of %q: %v", persist.ErrCorrupt, op.Key, err)
+	}
+	return nil
+}
 
 // recover rebuilds the store at start: sessions.json as the base, the journal's
 // checkpoint and records on top, then writes a fresh journal (which also drops a torn
@@ -22,7 +45,7 @@ func (a *Actor) recover() error {
 			a.log.Warn("removed temp files left by a crash", "files", removed)
 		}
 	}
-	entries, fileID, err := persist.ReadStore(fsys, path, 0)
+	entries, fileID, err := persist.ReadStore(fsys, path, maxStoreDepth)
 	if err != nil {
 		return err
 	}
@@ -60,6 +83,9 @@ func (a *Actor) recover() error {
 	for _, rec := range replay.Records {
 		a.rev = max(a.rev, rec.Rev)
 		for _, op := range rec.Ops {
+			if err := checkFrag(op); err != nil {
+				return fmt.Errorf("journal %s: record of rev %d: %w", a.journalPath, rec.Rev, err)
+			}
 			if op.Frag == nil {
 				delete(revs, op.Key)
 			} else {

@@ -52,7 +52,7 @@ func ReadStore(fsys FS, path string, maxDepth int) ([]Entry, SnapshotID, error) 
 	id := SnapshotID{Size: int64(len(data)), CRC: crc32.Checksum(data, crcTable)}
 	entries, err := ParseStore(data, maxDepth)
 	if err != nil {
-		return nil, id, fmt.Errorf("store %s is not a valid session index: %w", path, err)
+		return nil, id, fmt.Errorf("store %s is not a valid session index (left as it is; repair it or move it away): %w", path, err)
 	}
 	return entries, id, nil
 }
