@@ -242,12 +242,9 @@ func (a *Actor) publish() {
 // Run applies requests until ctx is done, then stops taking new ones, answers every
 // request already queued, writes the final snapshot and returns. The error is non-nil
 // when the final snapshot could not be written (the journal still holds every
-// acknowledged write). Blocks. Run may be called again after it returned, to resume
-// (a restart that could not go ahead); Close ends the actor for good.
+// acknowledged write). Blocks. After it returned, Resume and Run again carry on (a
+// restart that could not go ahead); Close ends the actor for good.
 func (a *Actor) Run(ctx context.Context) error {
-	a.mu.Lock()
-	a.stopping = false
-	a.mu.Unlock()
 	a.log.Info("serving", "rev", a.rev, "entries", a.st.len())
 	a.armSnapshot()
 	if a.snapErr != nil || a.journalErr != nil {
@@ -318,6 +315,14 @@ func (a *Actor) stop() error {
 	}
 	a.log.Info("actor stopped", "rev", a.rev, "snapshot_rev", a.base.Rev, "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// Resume lets Submit queue requests again after Run returned; call it before running
+// again. Goroutine-safe.
+func (a *Actor) Resume() {
+	a.mu.Lock()
+	a.stopping = false
+	a.mu.Unlock()
 }
 
 // Close closes the journal; the actor cannot Run again. Call it after Run returned.
@@ -392,27 +397,26 @@ func (a *Actor) runBatch(first *request) {
 		// Frames written to a journal that was already broken never reached the disk;
 		// frames of a failed append or fsync might have.
 		reachedDisk := a.journal.Broken() == nil
+		pre := a.journal.Size()
 		if err := a.writeJournal(frames, needSync); err != nil {
 			a.st.rollback(mark, a.dedup.undoLast)
 			a.rev = startRev
 			a.log.Error("journal write failed; batch rolled back and answered storage_error",
 				"err", err, "requests", len(batch)-firstWrite)
 			failed := Reply{Err: errorf(ReasonStorage, true, "the write could not be made durable: %v", err)}
-			if reachedDisk {
-				a.replaceBrokenJournal()
-			}
+			safe := !reachedDisk || a.discardFrames(pre)
 			for i := firstWrite; i < len(batch); i++ {
 				if batch[i].kind == kindFlush {
 					continue
 				}
-				if reachedDisk && a.journalErr != nil {
-					// The failed frames may still be in the journal on disk: the error
-					// answer waits until a new journal has replaced it.
-					a.held = append(a.held, heldReply{batch[i].reply, failed})
-					batch[i].reply = nil
-				} else {
+				if safe {
 					replies[i] = failed
+					continue
 				}
+				// The failed frames may still be in the journal on disk: the error
+				// answer waits until a new journal has replaced it.
+				a.held = append(a.held, heldReply{batch[i].reply, failed})
+				batch[i].reply = nil
 			}
 		} else {
 			a.appendedRev = a.rev
@@ -436,6 +440,19 @@ func (a *Actor) runBatch(first *request) {
 		}
 	}
 	a.armSnapshot()
+}
+
+// discardFrames makes sure the frames of a failed batch, written after offset pre, can
+// never be replayed: it cuts them off durably, or failing that replaces the journal. It
+// reports whether either worked, that is whether the batch may be answered storage_error
+// now.
+func (a *Actor) discardFrames(pre int64) bool {
+	cut := a.journal.Cut(pre)
+	if cut != nil {
+		a.log.Error("cannot cut the failed batch off the journal", "err", cut)
+	}
+	a.replaceBrokenJournal()
+	return cut == nil || a.journalErr == nil
 }
 
 // writeJournal appends frames and, if asked, fsyncs them.

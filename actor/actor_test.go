@@ -348,13 +348,37 @@ func TestRollbackOnJournalFailure(t *testing.T) {
 	}
 }
 
-// While no new journal can be written, the error answer for a batch that may have
-// reached the old journal waits: answering executed:false before the old file is gone
-// could be a lie after a crash.
+// A full disk: the batch's frames are cut off the journal at once (that needs no
+// space), so the error is answered at once even though no new journal can be written;
+// later writes are refused at once until the disk has room again.
+func TestDiskFullAnswersAtOnce(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.fs.setFail(func(op, path string) error {
+		if strings.Contains(path, ".journal") && (op == "write" || op == "create") {
+			return syscall.ENOSPC
+		}
+		return nil
+	})
+	h.fails("put", `{"key":"b","value":{}}`, ReasonStorage)
+	h.fails("put", `{"key":"c","value":{}}`, ReasonStorage)
+	require.Contains(t, h.a.Stats().Degraded, "no space")
+	h.ok("get", `{"key":"a"}`)
+	h.fs.setFail(nil)
+	h.ok("put", `{"key":"d","value":{}}`)
+	h.restart()
+	h.fails("get", `{"key":"b"}`, ReasonNotFound)
+	h.fails("get", `{"key":"c"}`, ReasonNotFound)
+	h.ok("get", `{"key":"d"}`)
+}
+
+// While the failed frames can neither be cut off nor the journal replaced, the error
+// answer for a batch that may have reached the journal waits: answering executed:false
+// before then could be a lie after a crash.
 func TestFailedBatchAnswerWaitsForNewJournal(t *testing.T) {
 	h := newHarness(t, nil).start()
 	h.fs.setFail(func(op, path string) error {
-		if strings.Contains(path, ".journal") && (op == "sync" || op == "create") {
+		if strings.Contains(path, ".journal") && (op == "sync" || op == "create" || op == "truncate") {
 			return syscall.EIO
 		}
 		return nil
@@ -597,6 +621,7 @@ func TestResumeAfterFailedFinalSnapshot(t *testing.T) {
 	r := <-h.a.Submit("put", []byte(`{"key":"late","value":{}}`))
 	require.Equal(t, ReasonShuttingDown, r.Err.Reason, "refused while stopped")
 	h.fs.setFail(nil)
+	h.a.Resume()
 	h.run()
 	h.ok("put", `{"key":"b","value":{}}`)
 	require.Equal(t, 2.0, h.ok("list", `{}`)["rev"])

@@ -50,6 +50,13 @@ func (f *faultFS) SyncDir(dir string) error {
 	return f.OS.SyncDir(dir)
 }
 
+func (f *faultFS) TruncateSync(path string, size int64) error {
+	if err := f.check("truncate", path); err != nil {
+		return err
+	}
+	return f.OS.TruncateSync(path, size)
+}
+
 func (f *faultFS) OpenAppend(path string) (persist.File, error) {
 	if err := f.check("open", path); err != nil {
 		return nil, err

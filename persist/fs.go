@@ -24,6 +24,9 @@ type FS interface {
 	OpenAppend(path string) (File, error)
 	// SyncDir fsyncs a directory so that a rename in it survives power loss.
 	SyncDir(dir string) error
+	// TruncateSync cuts the file at path to size through a new descriptor and fsyncs
+	// that descriptor, so the cut is durable.
+	TruncateSync(path string, size int64) error
 }
 
 // File is an open file that is written and synced.
@@ -59,6 +62,26 @@ func (OS) NewPending(path string) (Pending, error) {
 	return renameio.NewPendingFile(path,
 		renameio.WithTempDir(filepath.Dir(path)),
 		renameio.WithStaticPermissions(0o600))
+}
+
+// TruncateSync opens a fresh descriptor: the one whose write or fsync failed is never
+// fsync'd again, and the cut only needs the inode's size made durable.
+func (OS) TruncateSync(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cut %s to %d bytes: %w", path, size, err)
+	}
+	return nil
 }
 
 // SyncDir is the step renameio leaves to its caller: without it a rename can be lost on

@@ -419,6 +419,7 @@ func (d *decoder) dedups() []Dedup {
 // actor owns it. After any failed write or fsync it is broken for good (ErrBroken): the
 // caller writes a new journal with Create instead.
 type Journal struct {
+	fsys   FS
 	f      File
 	path   string
 	size   int64
@@ -438,7 +439,7 @@ func CreateJournal(fsys FS, path string, contents []byte) (*Journal, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	return &Journal{f: f, path: path, size: int64(len(contents))}, nil
+	return &Journal{fsys: fsys, f: f, path: path, size: int64(len(contents))}, nil
 }
 
 // Append writes b (whole frames) at the end of the journal without syncing.
@@ -464,6 +465,20 @@ func (j *Journal) Sync() error {
 		j.broken = fmt.Errorf("%w: fsync %s: %w", ErrBroken, j.path, err)
 		return fmt.Errorf("fsync journal %s: %w", j.path, err)
 	}
+	return nil
+}
+
+// Cut durably removes everything after size (frames of a batch whose append or fsync
+// failed), so that they can never be replayed. It leaves the journal broken: nothing is
+// appended to it again.
+func (j *Journal) Cut(size int64) error {
+	if j.broken == nil {
+		j.broken = fmt.Errorf("%w: cut", ErrBroken)
+	}
+	if err := j.fsys.TruncateSync(j.path, size); err != nil {
+		return err
+	}
+	j.size = size
 	return nil
 }
 

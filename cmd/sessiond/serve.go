@@ -297,6 +297,7 @@ func (d *daemon) serveUntilSignal(stopNow bool) (why error, signaled time.Time, 
 		}
 		d.log.Info("server stopped", "took", time.Since(start).Round(time.Microsecond))
 	})
+	d.act.Resume() // after a restart that did not go ahead
 	actx, stopActor := context.WithCancel(context.Background())
 	g.Add(func() error {
 		actErr = d.act.Run(actx)
