@@ -28,7 +28,7 @@ test:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@2025.1.1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
@@ -36,6 +36,12 @@ fuzz:
 		echo "== $$name ($$pkg, $(FUZZTIME))"; \
 		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$pkg || exit 1; \
 	done
+
+# The benchmarks of issue 4, sessiond beside the legacy file-lock protocol (about 15
+# minutes on 2 cores): bench-results/{results.json,chart.svg,results.md} and the results
+# section of BENCHMARKS.md. One scenario: go run ./cmd/sessiond-bench -h.
+bench:
+	$(GO) run ./cmd/sessiond-bench -scenario all -out bench-results -update-doc BENCHMARKS.md
 
 clean:
 	rm -rf bin

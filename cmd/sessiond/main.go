@@ -94,7 +94,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	case "auto", "":
 		if isTerminal(w) {
-			return slog.New(tint.NewHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000"})), nil
+			return slog.New(tint.NewTextHandler(w, &tint.Options{Level: lv, TimeFormat: "15:04:05.000"})), nil
 		}
 		return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv})), nil
 	}
