@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,7 +81,8 @@ type Actor struct {
 	cfg         Config
 	log         *slog.Logger
 	journalPath string
-	dryRun      bool // Check: load without writing anything
+	dryRun      bool   // Check: load without writing anything
+	epoch       uint64 // names this process's numbering of places, for list cursors
 
 	// mu orders Submit's send against the stop in Run: once stopping is set under the
 	// write lock no request can enter the mailbox, so the final drain misses none.
@@ -160,6 +162,7 @@ func Open(cfg Config) (*Actor, error) {
 		snapDone:    make(chan snapResult),
 		st:          newStore(),
 		dedup:       newDedupTable(),
+		epoch:       rand.Uint64(),
 	}
 	if err := a.recover(); err != nil {
 		return nil, err
@@ -202,6 +205,7 @@ func answered(rep Reply) <-chan Reply {
 // Stats reports the store's numbers as of the last batch. Goroutine-safe, non-blocking.
 func (a *Actor) Stats() Stats {
 	now := a.cfg.Now().UnixMilli()
+	oldest := a.stats.dedupOldest.Load()
 	s := Stats{
 		Rev:         a.stats.rev.Load(),
 		DurableRev:  a.stats.durableRev.Load(),
@@ -209,9 +213,12 @@ func (a *Actor) Stats() Stats {
 		Entries:     int(a.stats.entries.Load()),
 		Bytes:       a.stats.bytes.Load(),
 		Queue:       len(a.mailbox),
-		DedupWindow: now - a.stats.dedupOldest.Load(),
+		DedupWindow: 0, // no record held
 		Store:       a.cfg.Store,
 		External:    int(a.stats.external.Load()),
+	}
+	if oldest > 0 {
+		s.DedupWindow = max(0, now-oldest)
 	}
 	if d := a.stats.degraded.Load(); d != nil {
 		s.Degraded = *d
@@ -226,7 +233,7 @@ func (a *Actor) publish() {
 	a.stats.snapshotRev.Store(a.base.Rev)
 	a.stats.entries.Store(int64(a.st.len()))
 	a.stats.bytes.Store(a.st.fileSize())
-	a.stats.dedupOldest.Store(a.dedup.oldest(a.cfg.Now().UnixMilli()))
+	a.stats.dedupOldest.Store(a.dedup.oldest())
 	var d string
 	switch {
 	case a.journalErr != nil && a.snapErr != nil:
@@ -380,6 +387,10 @@ func (a *Actor) runBatch(first *request) {
 		}
 		rep, rec := a.apply(r, now)
 		replies[i] = rep
+		// A durable write's answer waits for the fsync even when it wrote nothing
+		// itself: a retry answered from its request_id record must not report success
+		// before the first attempt's write (perhaps durable:false) is on disk.
+		needSync = needSync || (r.durable && r.kind != kindGet && r.kind != kindList)
 		if rec == nil {
 			continue
 		}
@@ -391,7 +402,19 @@ func (a *Actor) runBatch(first *request) {
 		if rec.Rev > 0 {
 			tail = append(tail, tailRecord{rev: rec.Rev, data: frames[start:len(frames):len(frames)]})
 		}
-		needSync = needSync || r.durable
+	}
+	if frames == nil && needSync && a.durableRev < a.appendedRev {
+		a.syncJournal()
+		if a.durableRev < a.appendedRev {
+			// Neither the fsync nor a new journal worked: the remembered outcomes
+			// cannot be confirmed durable yet.
+			for i, r := range batch {
+				if r.durable && r.kind != kindGet && r.kind != kindList && r.kind != kindFlush {
+					a.held = append(a.held, heldReply{r.reply, replies[i]})
+					r.reply = nil
+				}
+			}
+		}
 	}
 	if frames != nil {
 		// Frames written to a journal that was already broken never reached the disk;

@@ -700,3 +700,46 @@ func TestHostileStoreFiles(t *testing.T) {
 		})
 	}
 }
+
+// A retry that asks for durability is answered only once the first attempt's write is
+// on disk, even when the first attempt did not ask for it.
+func TestDurableRetryOfNonDurableWrite(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SyncInterval = time.Hour }).start()
+	before := h.fs.syncs.Load()
+	first := h.ok("put", `{"key":"a","value":{},"request_id":"r","durable":false}`)
+	require.Equal(t, before, h.fs.syncs.Load(), "not synced yet")
+	require.Equal(t, first, h.ok("put", `{"key":"a","value":{},"request_id":"r"}`))
+	require.Equal(t, before+1, h.fs.syncs.Load(), "synced before the retry was answered")
+}
+
+func TestFingerprintIgnoresParamOrder(t *testing.T) {
+	h := newHarness(t, nil).start()
+	first := h.ok("put", `{"key":"a","value":{"x":1,"y":2},"request_id":"r"}`)
+	require.Equal(t, first, h.ok("put", `{"request_id":"r","value":{"x":1,"y":2},"key":"a"}`))
+	h.fails("put", `{"key":"a","value":{"y":2,"x":1},"request_id":"r"}`, ReasonRequestIDReused)
+}
+
+func TestTxnTooLargeCarriesIndex(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxValueBytes = 64 }).start()
+	e := h.fails("txn", `{"ops":[{"op":"put","key":"a","value":{}},{"op":"put","key":"b","value":{"x":"`+strings.Repeat("v", 80)+`"}}]}`, ReasonTooLarge)
+	require.Equal(t, 1, e.Data["index"])
+	require.Equal(t, 64, e.Data["limit"])
+	require.Contains(t, e.Message, "ops[1]")
+}
+
+// A list cursor from before a restart resumes after its key; one whose key is gone
+// meanwhile is refused rather than silently skipping or repeating keys.
+func TestListCursorAcrossRestart(t *testing.T) {
+	h := newHarness(t, nil).start()
+	for _, k := range []string{"a", "b", "c", "d"} {
+		h.ok("put", fmt.Sprintf(`{"key":%q,"value":{}}`, k))
+	}
+	next := h.ok("list", `{"limit":2}`)["next"].(string)
+	page2 := h.ok("list", `{"limit":2,"cursor":"`+next+`"}`)
+	h.restart()
+	require.Equal(t, page2["items"], h.ok("list", `{"limit":2,"cursor":"`+next+`"}`)["items"],
+		"resumes after the key the cursor names")
+	h.ok("delete", `{"key":"b"}`)
+	h.restart()
+	h.fails("list", `{"cursor":"`+next+`"}`, ReasonInvalidParams)
+}

@@ -181,11 +181,20 @@ func appendItem(b []byte, e *entry, value bool) []byte {
 }
 
 func (a *Actor) list(r *request) Reply {
+	after := r.after
+	if after.set && after.epoch != a.epoch {
+		// A cursor from before a restart: its place numbers are stale, its key is not.
+		e := a.st.get(after.key)
+		if e == nil {
+			return Reply{Err: invalidParams("cursor is from before a restart and its key is gone; start the listing again")}
+		}
+		after = cursorAfter(e, a.epoch)
+	}
 	b := []byte(`{"items":[`)
 	n := 0
 	var last *entry
 	more := false
-	a.st.each(r.after, func(e *entry) bool {
+	a.st.each(after, func(e *entry) bool {
 		if !strings.HasPrefix(e.key, r.prefix) {
 			return true
 		}
@@ -203,7 +212,7 @@ func (a *Actor) list(r *request) Reply {
 	})
 	b = append(b, `],"next":`...)
 	if more {
-		b = strconv.AppendQuote(b, cursorAfter(last).String())
+		b = strconv.AppendQuote(b, cursorAfter(last, a.epoch).String())
 	} else {
 		b = append(b, "null"...)
 	}

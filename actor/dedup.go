@@ -56,10 +56,10 @@ func (t *dedupTable) evict(now, window int64, max int) {
 	}
 }
 
-// oldest is the time of the oldest record held, or now when there is none.
-func (t *dedupTable) oldest(now int64) int64 {
+// oldest is the time of the oldest record held, or 0 when there is none.
+func (t *dedupTable) oldest() int64 {
 	if t.len() == 0 {
-		return now
+		return 0
 	}
 	return t.fifo[t.head].Time
 }

@@ -3,6 +3,8 @@ package actor
 import (
 	"crypto/sha256"
 	"math"
+	"slices"
+	"strings"
 
 	"sessiond/persist"
 )
@@ -157,6 +159,10 @@ func (a *Actor) parseTxn(r *request, p persist.Value) *Error {
 		}
 		r.ops[i] = request{kind: k, ifRev: -1}
 		if err := a.parseOp(&r.ops[i], o, where); err != nil {
+			if err.Reason == ReasonTooLarge {
+				err.Message = where + ": " + err.Message
+				err.Data["index"] = i
+			}
 			return err
 		}
 	}
@@ -189,6 +195,10 @@ func parseCommon(r *request, p persist.Value, method string) *Error {
 // fingerprint identifies what a request asks for, to tell a retry from a reused
 // request_id. The params that a client may reasonably change between attempts of the
 // same request (its deadline, whether it waits for fsync) are left out.
+//
+// The top-level params are taken in name order, so a client that encodes the same
+// params in another order is not refused; the order inside value and merge stays part of
+// the request, since it decides the order of fields in the file.
 func fingerprint(method string, p persist.Value) [16]byte {
 	q := persist.Value{Kind: persist.Object}
 	for _, m := range p.Obj {
@@ -198,6 +208,7 @@ func fingerprint(method string, p persist.Value) [16]byte {
 		}
 		q.Obj = append(q.Obj, m)
 	}
+	slices.SortFunc(q.Obj, func(x, y persist.Member) int { return strings.Compare(x.Name, y.Name) })
 	sum := sha256.Sum256(persist.AppendCompact([]byte(method+"\x00"), q))
 	var fp [16]byte
 	copy(fp[:], sum[:])

@@ -1,6 +1,7 @@
 package actor
 
 import (
+	"encoding/base64"
 	"sort"
 	"strconv"
 	"strings"
@@ -223,41 +224,59 @@ func (s *store) frags() [][]byte {
 	return out
 }
 
-// cursor is a position in file order, as the opaque list cursor carries it: "i<num>" after
-// an index key, "s<seq>" after another key. Positions survive deletes between pages.
+// cursor is a position in file order, as the opaque list cursor carries it: the entry
+// it follows, by its place (index number or insertion sequence) and by key. Places are
+// numbered anew at every start, so a cursor also names the numbering it belongs to
+// (epoch); one from an earlier process is resolved through its key.
 type cursor struct {
 	set      bool
 	seqPhase bool
 	num      uint32
 	seq      uint64
+	epoch    uint64
+	key      string
 }
 
-func cursorAfter(e *entry) cursor {
+func cursorAfter(e *entry, epoch uint64) cursor {
+	c := cursor{set: true, epoch: epoch, key: e.key}
 	if e.index {
-		return cursor{set: true, num: e.num}
+		c.num = e.num
+	} else {
+		c.seqPhase, c.seq = true, e.seq
 	}
-	return cursor{set: true, seqPhase: true, seq: e.seq}
+	return c
 }
 
 func (c cursor) String() string {
+	place := "i" + strconv.FormatUint(uint64(c.num), 10)
 	if c.seqPhase {
-		return "s" + strconv.FormatUint(c.seq, 10)
+		place = "s" + strconv.FormatUint(c.seq, 10)
 	}
-	return "i" + strconv.FormatUint(uint64(c.num), 10)
+	return strconv.FormatUint(c.epoch, 36) + "." + place + "." + base64.RawURLEncoding.EncodeToString([]byte(c.key))
 }
 
 func parseCursor(s string) (cursor, bool) {
 	if s == "" {
 		return cursor{}, true
 	}
-	rest := s[1:]
-	switch {
-	case strings.HasPrefix(s, "s"):
-		n, err := strconv.ParseUint(rest, 10, 64)
-		return cursor{set: true, seqPhase: true, seq: n}, err == nil
-	case strings.HasPrefix(s, "i"):
-		n, err := strconv.ParseUint(rest, 10, 32)
-		return cursor{set: true, num: uint32(n)}, err == nil
+	parts := strings.SplitN(s, ".", 3)
+	if len(parts) != 3 || len(parts[1]) < 2 {
+		return cursor{}, false
 	}
-	return cursor{}, false
+	epoch, err1 := strconv.ParseUint(parts[0], 36, 64)
+	key, err2 := base64.RawURLEncoding.DecodeString(parts[2])
+	n, err3 := strconv.ParseUint(parts[1][1:], 10, 64)
+	c := cursor{set: true, epoch: epoch, key: string(key)}
+	switch parts[1][0] {
+	case 's':
+		c.seqPhase, c.seq = true, n
+	case 'i':
+		if n >= 1<<32-1 {
+			return cursor{}, false
+		}
+		c.num = uint32(n)
+	default:
+		return cursor{}, false
+	}
+	return c, err1 == nil && err2 == nil && err3 == nil
 }
