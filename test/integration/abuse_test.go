@@ -34,6 +34,8 @@ func TestMisbehavingClients(t *testing.T) {
 	d := startDaemon(t, newDir(t), "--write-timeout", "500ms", "--idle-timeout", "500ms", "--max-pending", "16")
 	fds0 := fdCount(t, d.pid())
 	good := d.client()
+	_, err := good.Put(ctxTimeout(t, time.Minute), "big", map[string]any{"pad": strings.Repeat("x", 256<<10)})
+	require.NoError(t, err)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	errc := make(chan error, 8)
@@ -58,7 +60,7 @@ func TestMisbehavingClients(t *testing.T) {
 			c.Close()
 		}
 	}()
-	// clients that send a lot and never read
+	// clients that ask for large answers and never read them
 	for range 3 {
 		wg.Add(1)
 		go func() {
@@ -69,12 +71,12 @@ func TestMisbehavingClients(t *testing.T) {
 				return
 			}
 			defer c.Close()
-			big := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"put","params":{"key":"never-reads","value":{"pad":%q}}}`+"\n", strings.Repeat("x", 64<<10))
+			get := []byte(`{"jsonrpc":"2.0","id":1,"method":"get","params":{"key":"big"}}` + "\n")
 			// Keep writing until the server gives up on us; the deadline only bounds
 			// the test.
 			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			for {
-				if _, err := c.Write([]byte(big)); err != nil {
+				if _, err := c.Write(get); err != nil {
 					if ne, ok := err.(net.Error); ok && ne.Timeout() {
 						errc <- fmt.Errorf("a client that never reads was not disconnected")
 					}
