@@ -38,6 +38,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = filepath.Join(dir, "sessiond")
+	// A race-built binary sleeps a second at exit by default: every CLI call, every stop
+	// and the preflight of every restart would pay it.
+	os.Setenv("GORACE", "atexit_sleep_ms=0")
 	build := exec.Command("go", "build", "-race", "-ldflags", "-X main.version=itest", "-o", bin, "sessiond/cmd/sessiond")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
@@ -120,9 +123,7 @@ func launchWith(t *testing.T, dir, path string, env []string, extra ...string) *
 	d.socket = d.store + ".sock"
 	d.args = append([]string{"serve", "--store", d.store, "--log-format", "json", "--log-level", "debug"}, extra...)
 	d.cmd = exec.Command(path, d.args...)
-	// A race-built binary sleeps a second at exit by default; the preflight of every
-	// restart runs one to completion.
-	d.cmd.Env = append(append(os.Environ(), "GORACE=atexit_sleep_ms=0"), env...)
+	d.cmd.Env = append(os.Environ(), env...)
 	d.cmd.Stderr = d.stderr
 	require.NoError(t, d.cmd.Start())
 	go func() {
