@@ -256,14 +256,6 @@ func (rc *rawConn) call(line string) map[string]any {
 	return rc.recv()
 }
 
-func errorReason(m map[string]any) string {
-	e, ok := m["error"].(map[string]any)
-	if !ok {
-		return ""
-	}
-	return e["data"].(map[string]any)["reason"].(string)
-}
-
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
