@@ -153,7 +153,8 @@ type FlushResult struct {
 	SnapshotRev int64 `json:"snapshot_rev"`
 }
 
-// Status is the result of the status method.
+// Status is the result of the status method; the server encodes it too, so field order
+// is the contract's.
 type Status struct {
 	Protocol        int    `json:"protocol"`
 	Version         string `json:"version"`

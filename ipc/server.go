@@ -393,30 +393,6 @@ func (s *Server) goawayReason() string {
 	return s.reason
 }
 
-// statusResult is the result of the status method; field order is the contract's.
-type statusResult struct {
-	Protocol        int    `json:"protocol"`
-	Version         string `json:"version"`
-	PID             int    `json:"pid"`
-	Generation      int    `json:"generation"`
-	Phase           string `json:"phase"`
-	Rev             int64  `json:"rev"`
-	DurableRev      int64  `json:"durable_rev"`
-	SnapshotRev     int64  `json:"snapshot_rev"`
-	Entries         int    `json:"entries"`
-	Bytes           int64  `json:"bytes"`
-	Connections     int    `json:"connections"`
-	Queue           int    `json:"queue"`
-	DedupWindowMS   int64  `json:"dedup_window_ms"`
-	UptimeMS        int64  `json:"uptime_ms"`
-	Store           string `json:"store"`
-	Socket          string `json:"socket"`
-	Degraded        string `json:"degraded"`
-	ExternalChanges int    `json:"external_changes"`
-	RestartError    string `json:"restart_error"`
-	RestartsFailed  int    `json:"restarts_failed"`
-}
-
 // status builds the status result. It blocks while Backend.Stats does.
 func (s *Server) status() ([]byte, error) {
 	st := s.cfg.Backend.Stats()
@@ -424,11 +400,11 @@ func (s *Server) status() ([]byte, error) {
 	if s.cfg.Restarts != nil {
 		restart = s.cfg.Restarts()
 	}
-	return encodeValue(statusResult{
+	return encodeValue(Status{
 		Protocol:        1,
 		Version:         s.cfg.Version,
 		PID:             s.cfg.PID,
-		Generation:      s.cfg.Generation,
+		Generation:      int64(s.cfg.Generation),
 		Phase:           s.Phase(),
 		Rev:             st.Rev,
 		DurableRev:      st.DurableRev,
