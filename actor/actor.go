@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,6 +115,11 @@ type Actor struct {
 	journalErr  error
 	snapErr     error
 
+	compacting   bool               // a new journal is being written in the background
+	compactGen   uint64             // bumped whenever the journal is switched
+	compactDelta []byte             // frames appended since the compaction began
+	compactDone  chan compactResult // from the compaction goroutine; buffered
+
 	stats struct {
 		rev, durableRev, snapshotRev, bytes, dedupOldest atomic.Int64
 		entries, external                                atomic.Int64
@@ -160,6 +166,7 @@ func Open(cfg Config) (*Actor, error) {
 		mailbox:     make(chan *request, cfg.QueueSize),
 		intents:     make(chan intentReq),
 		snapDone:    make(chan snapResult),
+		compactDone: make(chan compactResult, 1),
 		st:          newStore(),
 		dedup:       newDedupTable(),
 		epoch:       rand.Uint64(),
@@ -265,6 +272,8 @@ func (a *Actor) Run(ctx context.Context) error {
 			req.reply <- a.makeIntentDurable(req.id)
 		case res := <-a.snapDone:
 			a.finishSnapshot(res)
+		case res := <-a.compactDone:
+			a.finishCompaction(res)
 		case <-a.snapC:
 			a.snapC = nil
 			a.startSnapshot()
@@ -299,6 +308,9 @@ func (a *Actor) stop() error {
 		break
 	}
 	a.waitSnapshot()
+	if a.compacting {
+		a.finishCompaction(<-a.compactDone)
+	}
 	if a.journalErr != nil {
 		a.retry()
 	}
@@ -307,6 +319,9 @@ func (a *Actor) stop() error {
 		a.startSnapshot()
 		a.waitSnapshot()
 		err = a.snapErr
+	}
+	if a.compacting {
+		a.finishCompaction(<-a.compactDone)
 	}
 	for _, h := range a.held {
 		a.log.Error("answering storage_error although the failed journal could not be replaced; those writes may reappear at the next start")
@@ -484,6 +499,9 @@ func (a *Actor) writeJournal(frames []byte, sync bool) error {
 		a.journalErr = err
 		return err
 	}
+	if a.compacting {
+		a.compactDelta = append(a.compactDelta, frames...)
+	}
 	if sync {
 		if err := a.journal.Sync(); err != nil {
 			a.journalErr = err
@@ -525,33 +543,50 @@ func (a *Actor) replaceBrokenJournal() {
 	a.held = nil
 }
 
-// rewriteJournal writes a journal holding a checkpoint of the current state (the
-// revisions of every key and the dedup records), the intents since the last snapshot,
-// and the records after it, and switches appends to it.
-func (a *Actor) rewriteJournal() error {
+// journalContents is what a new journal starts with: a checkpoint of the current state
+// (the revisions of every key and the dedup records), the intents since the last
+// snapshot, and the records after it. It returns a func that encodes them, which only
+// reads values that are never modified in place, so it may run on another goroutine.
+func (a *Actor) journalContents() func() []byte {
 	cp := &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
 	cp.Revs = make([]persist.KeyRev, 0, a.st.len())
 	a.st.each(cursor{}, func(e *entry) bool {
 		cp.Revs = append(cp.Revs, persist.KeyRev{Key: e.key, Rev: e.rev})
 		return true
 	})
-	buf := persist.AppendCheckpoint(nil, cp)
-	for _, id := range a.intentsOut {
-		buf = persist.AppendIntent(buf, id)
+	intents := slices.Clone(a.intentsOut)
+	tail := slices.Clone(a.tail)
+	return func() []byte {
+		buf := persist.AppendCheckpoint(nil, cp)
+		for _, id := range intents {
+			buf = persist.AppendIntent(buf, id)
+		}
+		for _, t := range tail {
+			buf = append(buf, t.data...)
+		}
+		return buf
 	}
-	for _, t := range a.tail {
-		buf = append(buf, t.data...)
-	}
-	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, buf)
+}
+
+// rewriteJournal writes a new journal from memory at once and switches appends to it.
+// It supersedes a compaction under way.
+func (a *Actor) rewriteJournal() error {
+	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, a.journalContents()())
 	if err != nil {
 		return err
 	}
+	a.switchJournal(j)
+	return nil
+}
+
+func (a *Actor) switchJournal(j *persist.Journal) {
 	if a.journal != nil {
 		a.journal.Close()
 	}
 	a.journal = j
 	a.appendedRev, a.durableRev = a.rev, a.rev
-	return nil
+	a.compactGen++ // a compaction started before this is stale
+	a.compactDelta = nil
 }
 
 // retry runs the disk steps that failed earlier: a new journal, a snapshot.
@@ -584,12 +619,57 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 		}
 		return
 	}
-	start, before := time.Now(), a.journal.Size()
-	if err := a.rewriteJournal(); err != nil {
-		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
+	if a.compacting {
 		return
 	}
-	a.log.Info("journal compacted", "before", before, "after", a.journal.Size(), "took", time.Since(start).Round(time.Millisecond))
+	// The new journal is written on another goroutine from an immutable copy of what it
+	// must hold, so writers do not wait for it; frames appended meanwhile are kept in
+	// compactDelta and added when it is put in place.
+	a.compacting, a.compactDelta = true, nil
+	gen, contents := a.compactGen, a.journalContents()
+	before := a.journal.Size()
+	go func() {
+		start := time.Now()
+		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, contents())
+		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start}
+	}()
+}
+
+type compactResult struct {
+	gen    uint64
+	next   *persist.NextJournal
+	err    error
+	before int64
+	start  time.Time
+}
+
+// finishCompaction puts the new journal in place with the frames appended meanwhile.
+func (a *Actor) finishCompaction(res compactResult) {
+	a.compacting = false
+	delta := a.compactDelta
+	a.compactDelta = nil
+	switch {
+	case res.err != nil:
+		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", res.err)
+		return
+	case res.gen != a.compactGen || a.journal.Broken() != nil:
+		res.next.Abort() // a rewrite after a failure replaced the journal meanwhile
+		return
+	}
+	j, err := res.next.Commit(delta)
+	if err != nil {
+		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
+		if errors.Is(err, persist.ErrReplaced) {
+			// The path names the new file now: the old one must not take appends.
+			a.journalErr = err
+			a.journal.Close()
+			a.replaceBrokenJournal()
+		}
+		return
+	}
+	a.switchJournal(j)
+	a.log.Info("journal compacted", "before", res.before, "after", j.Size(), "delta", len(delta),
+		"took", time.Since(res.start).Round(time.Millisecond))
 }
 
 // flush answers once sessions.json holds every write acknowledged before it.

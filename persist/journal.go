@@ -33,6 +33,9 @@ var (
 	// ErrBroken: an earlier write or fsync on this journal failed; it must not be used
 	// again (a second fsync could report success for data that never reached the disk).
 	ErrBroken = errors.New("journal is broken by an earlier failure")
+	// ErrReplaced: a new journal was renamed into place but not made durable or opened;
+	// the old one must not be appended to (its path names the new file now).
+	ErrReplaced = errors.New("journal was replaced but not committed")
 )
 
 // SnapshotID names one version of sessions.json: the revision it reflects, and its size
@@ -429,18 +432,60 @@ type Journal struct {
 // CreateJournal atomically replaces the journal at path with one holding contents (a
 // checkpoint and the records to keep), durable on return, and opens it for appending.
 func CreateJournal(fsys FS, path string, contents []byte) (*Journal, error) {
-	if err := replaceFile(fsys, path, func(w Pending) error {
-		_, err := w.Write(contents)
-		return err
-	}); err != nil {
+	next, err := PrepareJournal(fsys, path, contents)
+	if err != nil {
+		return nil, err
+	}
+	return next.Commit(nil)
+}
+
+// NextJournal is a journal written beside the current one but not yet in its place: the
+// slow part of a compaction, done while the current journal keeps taking appends.
+// PrepareJournal may run on any goroutine; Commit and Abort on the journal's owner.
+type NextJournal struct {
+	fsys FS
+	path string
+	p    Pending
+	size int64
+}
+
+// PrepareJournal writes contents to a temp file beside path.
+func PrepareJournal(fsys FS, path string, contents []byte) (*NextJournal, error) {
+	p, err := fsys.NewPending(path)
+	if err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
-	f, err := fsys.OpenAppend(path)
-	if err != nil {
-		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	if _, err := p.Write(contents); err != nil {
+		p.Cleanup()
+		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
-	return &Journal{fsys: fsys, f: f, path: path, size: int64(len(contents))}, nil
+	return &NextJournal{fsys: fsys, path: path, p: p, size: int64(len(contents))}, nil
 }
+
+// Commit appends delta (the frames the current journal took meanwhile), fsyncs, puts
+// the file in place, fsyncs the directory and opens it for appending. If the rename
+// happened but a later step failed, the error wraps ErrReplaced: the path no longer
+// names the old journal, which must not be appended to again.
+func (n *NextJournal) Commit(delta []byte) (*Journal, error) {
+	defer n.p.Cleanup() //nolint:errcheck // a no-op after the rename; otherwise the error is returned
+	if _, err := n.p.Write(delta); err != nil {
+		return nil, fmt.Errorf("write journal %s: %w", n.path, err)
+	}
+	if err := n.p.CloseAtomicallyReplace(); err != nil {
+		return nil, fmt.Errorf("write journal %s: %w", n.path, err)
+	}
+	if err := n.fsys.SyncDir(dirOf(n.path)); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrReplaced, n.path, err)
+	}
+	f, err := n.fsys.OpenAppend(n.path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
+	}
+	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + int64(len(delta))}, nil
+}
+
+// Abort removes the temp file.
+func (n *NextJournal) Abort() { n.p.Cleanup() }
 
 // Append writes b (whole frames) at the end of the journal without syncing.
 func (j *Journal) Append(b []byte) error {
