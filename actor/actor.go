@@ -117,6 +117,7 @@ type Actor struct {
 
 	compacting   bool               // a new journal is being written in the background
 	compactGen   uint64             // bumped whenever the journal is switched
+	compactBase  int64              // size of the journal when it was last switched
 	compactDelta []byte             // frames appended since the compaction began
 	compactDone  chan compactResult // from the compaction goroutine; buffered
 
@@ -556,8 +557,20 @@ func (a *Actor) journalContents() func() []byte {
 	})
 	intents := slices.Clone(a.intentsOut)
 	tail := slices.Clone(a.tail)
+	// Sized up front: growing a buffer of many megabytes by doubling costs more than
+	// encoding it.
+	size := 64 + 32*len(intents)
+	for _, kr := range cp.Revs {
+		size += len(kr.Key) + 16
+	}
+	for _, d := range cp.Dedup {
+		size += len(d.ID) + len(d.Body) + 40
+	}
+	for _, t := range tail {
+		size += len(t.data)
+	}
 	return func() []byte {
-		buf := persist.AppendCheckpoint(nil, cp)
+		buf := persist.AppendCheckpoint(make([]byte, 0, size), cp)
 		for _, id := range intents {
 			buf = persist.AppendIntent(buf, id)
 		}
@@ -584,6 +597,7 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 		a.journal.Close()
 	}
 	a.journal = j
+	a.compactBase = j.Size()
 	a.appendedRev, a.durableRev = a.rev, a.rev
 	a.compactGen++ // a compaction started before this is stale
 	a.compactDelta = nil
@@ -612,7 +626,10 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 	if a.journalErr != nil || a.journal.Broken() != nil {
 		return
 	}
-	if a.journal.Size() <= a.cfg.CompactBytes {
+	// Compact once the journal is over CompactBytes and twice what the last compaction
+	// left: the checkpoint alone can be large (every dedup record of the window), and
+	// rewriting it after every snapshot would cost more than it saves.
+	if size := a.journal.Size(); size <= a.cfg.CompactBytes || size <= 2*a.compactBase {
 		if err := a.writeJournal(persist.AppendDone(nil, id), false); err != nil {
 			a.log.Error("journal write failed; writing a new journal from memory", "err", err)
 			a.replaceBrokenJournal()
