@@ -334,10 +334,17 @@ func (d *daemon) prepareRestart() error {
 	}
 	d.log.Info("preflight passed", "binary", d.exe, "result", strings.TrimSpace(out.String()),
 		"took", time.Since(start).Round(time.Microsecond))
-	if r := <-d.act.Submit("flush", nil); r.Err != nil {
-		return fmt.Errorf("flush before restart failed: %w", r.Err)
+	for {
+		r := <-d.act.Submit("flush", nil)
+		switch {
+		case r.Err == nil:
+			return nil
+		case r.Err.Reason == actor.ReasonBusy && ctx.Err() == nil:
+			time.Sleep(10 * time.Millisecond) // the queue is full: let it drain, as any client would
+		default:
+			return fmt.Errorf("flush before restart failed: %w", r.Err)
+		}
 	}
-	return nil
 }
 
 // exec replaces the process image with the binary at the path, handing over the
