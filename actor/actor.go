@@ -314,7 +314,9 @@ func (a *Actor) stop() error {
 	}
 	if a.journalErr != nil {
 		a.retry()
+		a.waitSnapshot()
 	}
+	a.syncJournal() // durable:false writes reach the disk even if the snapshot fails
 	var err error
 	if a.rev > a.base.Rev || !a.stamp.Exists {
 		a.startSnapshot()
@@ -324,11 +326,14 @@ func (a *Actor) stop() error {
 	if a.compacting {
 		a.finishCompaction(<-a.compactDone)
 	}
-	for _, h := range a.held {
-		a.log.Error("answering storage_error although the failed journal could not be replaced; those writes may reappear at the next start")
-		h.reply <- h.rep
+	if len(a.held) > 0 {
+		// Their outcome is not known: the failed frames could be neither cut off nor
+		// replaced. No answer is the honest one; the connection is closed and a retry
+		// with the same request_id settles it after the restart.
+		a.log.Error("stopping with answers whose outcome is unknown (the disk refused every repair); their connections are closed unanswered",
+			"requests", len(a.held))
+		a.held = nil
 	}
-	a.held = nil
 	a.failWaiters(a.rev, errors.New("the server stopped before the snapshot was written"))
 	a.snapC, a.syncC, a.retryC = nil, nil, nil
 	a.publish()
@@ -469,6 +474,7 @@ func (a *Actor) runBatch(first *request) {
 	}
 	a.st.commit()
 	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	a.publish() // status read after an answer reflects it
 	for i, r := range batch {
 		switch {
 		case r.reply == nil:
@@ -537,11 +543,6 @@ func (a *Actor) replaceBrokenJournal() {
 		return
 	}
 	a.log.Info("journal replaced; writes are accepted again")
-	a.journalErr = nil
-	for _, h := range a.held {
-		h.reply <- h.rep
-	}
-	a.held = nil
 }
 
 // journalContents is what a new journal starts with: a checkpoint of the current state
@@ -601,6 +602,13 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 	a.appendedRev, a.durableRev = a.rev, a.rev
 	a.compactGen++ // a compaction started before this is stale
 	a.compactDelta = nil
+	// Everything in memory is durable in the new journal and nothing of a failed batch
+	// is in it: the answers held for that are true now.
+	a.journalErr = nil
+	for _, h := range a.held {
+		h.reply <- h.rep
+	}
+	a.held = nil
 }
 
 // retry runs the disk steps that failed earlier: a new journal, a snapshot.
@@ -740,7 +748,8 @@ func (a *Actor) startSnapshot() {
 func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
 	start := time.Now()
 	var res snapResult
-	res.id, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
+	var mine persist.Stamp
+	res.id, mine, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
 		cur, err := persist.StatStamp(a.cfg.FS, a.cfg.Store)
 		if err != nil {
 			return err
@@ -748,7 +757,7 @@ func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
 		if cur.Exists && cur != expect {
 			// Another process wrote sessions.json: keep its version rather than
 			// overwrite it silently.
-			if res.aside, err = persist.MoveAside(a.cfg.FS, a.cfg.Store, time.Now()); err != nil {
+			if res.aside, err = persist.KeepAside(a.cfg.FS, a.cfg.Store, time.Now()); err != nil {
 				return err
 			}
 		}
@@ -756,8 +765,14 @@ func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
 		a.intents <- intentReq{id: id, reply: reply}
 		return <-reply
 	})
-	if res.err == nil {
-		res.stamp, res.err = persist.StatStamp(a.cfg.FS, a.cfg.Store)
+	cur, err := persist.StatStamp(a.cfg.FS, a.cfg.Store)
+	switch {
+	case res.err == nil && err != nil:
+		res.err = err
+	case err == nil && cur.Exists && cur.Ino == mine.Ino:
+		// Ours is in place, even if a later step failed: the next snapshot must not
+		// take it for another writer's.
+		res.stamp = cur
 	}
 	res.took = time.Since(start)
 	a.snapDone <- res
@@ -772,7 +787,6 @@ func (a *Actor) makeIntentDurable(id persist.SnapshotID) error {
 			a.journalErr = err
 			return err
 		}
-		a.journalErr = nil
 		return nil
 	}
 	if err := a.writeJournal(persist.AppendIntent(nil, id), true); err != nil {
@@ -790,8 +804,12 @@ func (a *Actor) finishSnapshot(res snapResult) {
 		a.log.Error("sessions.json was changed by another writer; kept that version beside it and wrote ours",
 			"kept", res.aside, "store", a.cfg.Store)
 	}
+	if res.stamp.Exists {
+		a.stamp = res.stamp
+	}
 	if res.err != nil {
 		a.snapErr = res.err
+		a.publish()
 		a.log.Error("snapshot failed; the journal still holds every write", "err", res.err, "retry_in", a.cfg.RetryInterval)
 		a.failWaiters(res.id.Rev, res.err)
 		a.armRetry()
@@ -801,7 +819,7 @@ func (a *Actor) finishSnapshot(res snapResult) {
 		a.log.Info("snapshot written again after a failure")
 	}
 	a.snapErr = nil
-	a.base, a.stamp, a.intentsOut = res.id, res.stamp, nil
+	a.base, a.intentsOut = res.id, nil
 	keep := 0
 	for keep < len(a.tail) && a.tail[keep].rev <= res.id.Rev {
 		keep++
@@ -809,6 +827,7 @@ func (a *Actor) finishSnapshot(res snapResult) {
 	a.tail = append([]tailRecord(nil), a.tail[keep:]...)
 	a.log.Debug("snapshot written", "rev", res.id.Rev, "bytes", res.id.Size, "took", res.took)
 	a.compactJournal(res.id)
+	a.publish()
 	done := a.waiters[:0]
 	for _, w := range a.waiters {
 		if w.rev <= res.id.Rev {

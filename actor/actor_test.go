@@ -413,7 +413,9 @@ func TestSnapshotFailureKeepsServingAndRecovers(t *testing.T) {
 				return nil
 			})
 			h.fails("flush", ``, ReasonStorage)
-			require.Contains(t, h.a.Stats().Degraded, "no space")
+			// Stats are published just after the answers of a step go out.
+			require.Eventually(t, func() bool { return strings.Contains(h.a.Stats().Degraded, "no space") },
+				5*time.Second, time.Millisecond)
 			h.ok("put", `{"key":"b","value":{}}`)
 			h.fs.setFail(nil)
 			require.Eventually(t, func() bool { return h.a.Stats().Degraded == "" }, 5*time.Second, time.Millisecond)
@@ -796,4 +798,52 @@ func TestCompactionCarriesWritesMadeMeanwhile(t *testing.T) {
 	h.ok("get", `{"key":"after"}`)
 	r := h.ok("put", `{"key":"during3","value":{"i":3},"request_id":"d3"}`)
 	require.Equal(t, 54.0, r["rev"], "dedup records made during the compaction survive too")
+}
+
+// Held answers are released by whichever step replaces the broken journal; here the
+// snapshot's intent does it before any retry timer fires.
+func TestHeldAnswersReleasedByIntentRewrite(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.RetryInterval = time.Hour }).start()
+	h.fs.setFail(func(op, path string) error {
+		if strings.Contains(path, ".journal") && (op == "sync" || op == "create" || op == "truncate") {
+			return syscall.EIO
+		}
+		return nil
+	})
+	ch := h.a.Submit("put", []byte(`{"key":"a","value":{}}`))
+	require.Eventually(t, func() bool { return h.a.Stats().Degraded != "" }, 5*time.Second, time.Millisecond)
+	h.fs.setFail(nil)
+	h.ok("flush", ``)
+	r := <-ch
+	require.Equal(t, ReasonStorage, r.Err.Reason)
+	require.Empty(t, h.a.Stats().Degraded)
+}
+
+// A store file removed while sessiond was down is not silently replaced by an empty one.
+func TestMissingStoreWithJournalRefused(t *testing.T) {
+	h := newHarness(t, nil)
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte(`{"old": {}}`), 0o600))
+	h.start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	require.NoError(t, h.stop())
+	require.NoError(t, os.Remove(h.cfg.Store))
+	_, err := Open(h.cfg)
+	require.ErrorContains(t, err, "is missing, but its journal")
+	_, err = os.Stat(h.cfg.Store)
+	require.ErrorIs(t, err, os.ErrNotExist, "nothing written")
+}
+
+// Entries of a file another writer changed while sessiond was down get a new revision:
+// a compare-and-set against the old one must not match the other writer's value.
+func TestExternalChangeGetsNewRevisions(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{"v":1}}`)
+	h.ok("flush", ``)
+	require.NoError(t, h.stop())
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte("{\n  \"a\": {\n    \"v\": 2\n  }\n}"), 0o600))
+	h.start()
+	got := h.ok("get", `{"key":"a"}`)
+	require.Equal(t, map[string]any{"v": 2.0}, got["value"])
+	require.Greater(t, got["rev"], 1.0)
+	h.fails("put", `{"key":"a","value":{"v":3},"if_rev":1}`, ReasonConflict)
 }

@@ -107,13 +107,16 @@ func (a *Actor) recover() error {
 		for _, id := range replay.Done {
 			baseRev = max(baseRev, id.Rev)
 		}
+		if fileID.Size < 0 {
+			// sessiond never leaves the path empty; someone removed the file. Starting
+			// from nothing would drop every entry written before the journal's last
+			// snapshot, so a person has to decide.
+			return fmt.Errorf("store %s is missing, but its journal %s describes a store sessiond wrote (rev %d); restore the file, or remove the journal as well to start empty",
+				path, a.journalPath, cp.Rev)
+		}
 		aside := ""
-		if fileID.Size >= 0 && !a.dryRun {
-			data, err := fsys.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			if aside, err = persist.CopyAside(fsys, path, data, a.cfg.Now()); err != nil {
+		if !a.dryRun {
+			if aside, err = persist.KeepAside(fsys, path, a.cfg.Now()); err != nil {
 				return err
 			}
 		}
@@ -123,7 +126,11 @@ func (a *Actor) recover() error {
 	}
 
 	for _, e := range entries {
-		a.st.set(e.Key, e.Frag, revs[e.Key])
+		rev := revs[e.Key]
+		if external {
+			rev = 0 // the other writer may have changed it: it gets a new revision below
+		}
+		a.st.set(e.Key, e.Frag, rev)
 	}
 	for _, rec := range replay.Records {
 		if rec.Rev <= baseRev {
@@ -164,7 +171,7 @@ func (a *Actor) recover() error {
 	if external {
 		// sessions.json now has to become our state; write it before the journal that
 		// names it as the base.
-		id, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
+		id, _, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
 		if err != nil {
 			return err
 		}

@@ -141,6 +141,11 @@ func (a *Actor) parseOp(r *request, p persist.Value, where string) *Error {
 }
 
 func (a *Actor) parseTxn(r *request, p persist.Value) *Error {
+	if _, ok := p.Field("if_rev"); ok {
+		// A client expecting a txn-wide compare-and-set must not get an
+		// unconditional write.
+		return invalidParams("if_rev goes on each op of a txn (use a check op), not on the txn")
+	}
 	ops, ok := p.Field("ops")
 	if !ok || ops.Kind != persist.Array {
 		return invalidParams("ops must be an array")

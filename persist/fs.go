@@ -40,6 +40,7 @@ type File interface {
 // otherwise (a no-op after a successful replace).
 type Pending interface {
 	io.Writer
+	Stat() (os.FileInfo, error)
 	Sync() error
 	CloseAtomicallyReplace() error
 	Cleanup() error
@@ -51,6 +52,7 @@ type OS struct{}
 func (OS) ReadFile(name string) ([]byte, error)       { return os.ReadFile(name) }
 func (OS) Stat(name string) (os.FileInfo, error)      { return os.Stat(name) }
 func (OS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath, newpath) }
+func (OS) Link(oldpath, newpath string) error         { return os.Link(oldpath, newpath) }
 func (OS) Remove(name string) error                   { return os.Remove(name) }
 func (OS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name) }
 func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0) }

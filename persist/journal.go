@@ -215,6 +215,11 @@ func DecodeJournal(data []byte) (*Replay, error) {
 	for off < len(data) {
 		payload, next, why := nextFrame(data, off)
 		if why != "" {
+			if off == 0 {
+				// A journal is put in place whole (temp file, fsync, rename), so its
+				// first frame is never a crash leftover.
+				return nil, fmt.Errorf("%w: first frame: %s", ErrCorrupt, why)
+			}
 			if laterFrameIntact(data, off+1) {
 				return nil, fmt.Errorf("%w: frame at offset %d: %s, and intact records follow it", ErrCorrupt, off, why)
 			}
@@ -254,18 +259,29 @@ func nextFrame(data []byte, off int) (payload []byte, next int, why string) {
 	return payload, off + frameHeader + int(n), ""
 }
 
-// laterFrameIntact reports whether a valid frame starts anywhere after a damaged one.
-// A torn append leaves garbage only at the very end; an intact frame after the damage
-// means a record in the middle went bad, and dropping everything after it would drop
-// acknowledged writes.
+// laterFrameIntact reports whether intact frames follow a damaged one, running on to the
+// end of the file. A torn append leaves garbage only at the very end; intact frames after
+// the damage mean a record in the middle went bad, and dropping everything after it would
+// drop acknowledged writes. Requiring the chain to reach the end keeps bytes that merely
+// look like a frame (a client's key, say) inside a torn record from counting.
 func laterFrameIntact(data []byte, from int) bool {
 	for off := from; off+frameHeader < len(data); off++ {
-		payload, _, why := nextFrame(data, off)
-		if why == "" && len(payload) > 0 && payload[0] >= recCheckpoint && payload[0] <= recDone {
+		if chainsToEnd(data, off) {
 			return true
 		}
 	}
 	return false
+}
+
+func chainsToEnd(data []byte, off int) bool {
+	for off < len(data) {
+		payload, next, why := nextFrame(data, off)
+		if why != "" || payload[0] < recCheckpoint || payload[0] > recDone {
+			return false
+		}
+		off = next
+	}
+	return true
 }
 
 func (r *Replay) decode(p []byte, off int) error {

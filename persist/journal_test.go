@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -68,6 +69,9 @@ func TestJournalDamage(t *testing.T) {
 		{"garbage tail", append(append([]byte(nil), good...), "\x00\x00\x10\x00garbage"...), int64(len(good)), false},
 		{"middle record flipped", flip(lastStart - 3), 0, true},
 		{"no checkpoint first", AppendRecord(nil, &Record{Rev: 1}), 0, true},
+		{"first frame damaged", flip(10), 0, true},
+		{"first frame cut", good[:5], 0, true},
+		{"frame-like bytes inside a torn tail", append(append(append([]byte(nil), good[:lastStart+20]...), AppendIntent(nil, SnapshotID{Rev: 1})...), "torn"...), int64(lastStart), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := DecodeJournal(tc.data)
@@ -176,4 +180,25 @@ func FuzzDecodeJournal(f *testing.F) {
 			t.Fatalf("re-encoded checkpoint does not decode: %v", err)
 		}
 	})
+}
+
+// KeepAside keeps another writer's file under a new name without ever leaving the path
+// empty, and never overwrites an earlier copy.
+func TestKeepAside(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.json")
+	require.NoError(t, os.WriteFile(path, []byte(`{"theirs": {}}`), 0o600))
+	now := time.Unix(1700000000, 0)
+	a1, err := KeepAside(OS{}, path, now)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(path, []byte(`{"again": {}}`), 0o600))
+	a2, err := KeepAside(OS{}, path, now)
+	require.NoError(t, err)
+	require.NotEqual(t, a1, a2)
+	b1, _ := os.ReadFile(a1)
+	b2, _ := os.ReadFile(a2)
+	cur, _ := os.ReadFile(path)
+	require.Equal(t, `{"theirs": {}}`, string(b1))
+	require.Equal(t, `{"again": {}}`, string(b2))
+	require.Equal(t, `{"again": {}}`, string(cur), "the path still holds the file")
 }

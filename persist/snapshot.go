@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -31,11 +32,15 @@ func StatStamp(fsys FS, path string) (Stamp, error) {
 	if err != nil {
 		return Stamp{}, fmt.Errorf("stat %s: %w", path, err)
 	}
+	return stampOf(fi), nil
+}
+
+func stampOf(fi os.FileInfo) Stamp {
 	s := Stamp{Exists: true, Size: fi.Size(), MTime: fi.ModTime().UnixNano()}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		s.Ino = st.Ino
 	}
-	return s, nil
+	return s
 }
 
 // ReadStore reads sessions.json. A missing file is an empty store with Size -1. A file
@@ -61,9 +66,12 @@ func ReadStore(fsys FS, path string, maxDepth int) ([]Entry, SnapshotID, error) 
 // fsyncs it, calls commit with the new file's id, and only if commit succeeds renames it
 // over path and fsyncs the directory. commit is where the caller makes the intent durable
 // and moves aside a file another writer left; an error from it leaves path untouched.
-func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (SnapshotID, error) {
-	id := SnapshotID{Rev: rev}
-	err := replaceFile(fsys, path, func(p Pending) error {
+//
+// mine is the identity of the file written (its inode, size and time), taken before the
+// rename: after an error the caller can tell from it whether the rename happened anyway.
+func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, err error) {
+	id = SnapshotID{Rev: rev}
+	err = replaceFile(fsys, path, func(p Pending) error {
 		h := &crcWriter{w: p}
 		w := bufio.NewWriterSize(h, 1<<20)
 		if len(frags) == 0 {
@@ -85,12 +93,15 @@ func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(
 			return err
 		}
 		id.Size, id.CRC = h.n, h.crc
+		if fi, err := p.Stat(); err == nil {
+			mine = stampOf(fi)
+		}
 		return commit(id)
 	})
 	if err != nil {
-		return id, fmt.Errorf("write snapshot %s: %w", path, err)
+		return id, mine, fmt.Errorf("write snapshot %s: %w", path, err)
 	}
-	return id, nil
+	return id, mine, nil
 }
 
 type crcWriter struct {
@@ -106,25 +117,28 @@ func (c *crcWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// MoveAside renames the file at path to a distinct name beside it
-// (path.external-<UTC time>) and returns that name.
-func MoveAside(fsys FS, path string, now time.Time) (string, error) {
-	aside := path + ".external-" + now.UTC().Format("20060102T150405.000Z")
-	if err := fsys.Rename(path, aside); err != nil {
-		return "", fmt.Errorf("move %s aside: %w", path, err)
+// KeepAside keeps a copy of the file now at path under a distinct name beside it
+// (path.external-<UTC time>, with a counter if that is taken) and returns the name. It
+// copies rather than renames, so the path never stands empty for a reader, and rather
+// than hard-links, so a writer still holding the file open cannot change the copy.
+func KeepAside(fsys FS, path string, now time.Time) (string, error) {
+	data, err := fsys.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("keep %s aside: %w", path, err)
 	}
-	return aside, fsys.SyncDir(dirOf(path))
-}
-
-// CopyAside writes a copy of data beside path (path.external-<UTC time>) and returns its
-// name; used at start, when the file must also stay where it is.
-func CopyAside(fsys FS, path string, data []byte, now time.Time) (string, error) {
-	aside := path + ".external-" + now.UTC().Format("20060102T150405.000Z")
+	base := path + ".external-" + now.UTC().Format("20060102T150405.000Z")
+	aside := base
+	for i := 1; ; i++ {
+		if _, err := fsys.Stat(aside); errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		aside = fmt.Sprintf("%s.%d", base, i)
+	}
 	if err := replaceFile(fsys, aside, func(p Pending) error {
 		_, err := p.Write(data)
 		return err
 	}); err != nil {
-		return "", fmt.Errorf("copy %s aside: %w", path, err)
+		return "", fmt.Errorf("keep %s aside: %w", path, err)
 	}
 	return aside, nil
 }

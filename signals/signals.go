@@ -94,6 +94,19 @@ func (h *Handler) Absorb(done <-chan struct{}) (stop bool) {
 	}
 }
 
+// Leftover reports whether a stop signal is still queued, after Close: one that arrived
+// just before delivery stopped must not vanish with the process image.
+func (h *Handler) Leftover() (stop bool) {
+	for {
+		select {
+		case sig := <-h.sigc:
+			stop = stop || sig != syscall.SIGUSR1
+		default:
+			return stop
+		}
+	}
+}
+
 // Close stops delivery. SIGUSR1 becomes ignored rather than going back to its default
 // action, which would kill the process: across execve caught signals revert to the
 // default while ignored ones stay ignored, until the new image registers again.

@@ -364,13 +364,17 @@ func (d *daemon) exec(signaled time.Time, stopAbsorbing func() bool) (stop bool,
 		return stopAbsorbing(), fmt.Errorf("lock descriptor: %w", err)
 	}
 	defer unix.CloseOnExec(int(lockFD))
+	// From here to the new image's handler, SIGUSR1 is ignored; a SIGTERM still queued
+	// is carried over, one that arrives after this ends the process (the journal has
+	// every acknowledged write, the next start replaces the stale socket).
+	d.sig.Close()
 	stop = stopAbsorbing()
+	stop = d.sig.Leftover() || stop
 	h := handover{listenFD: int(lnFile.Fd()), lockFD: int(lockFD), generation: d.generation + 1,
 		started: d.started, signaled: signaled, stop: stop}
 	env := append(envWithout(os.Environ(), handoverEnv), handoverEnv+"="+h.encode())
 	d.log.Info("re-executing", "binary", d.exe, "generation", h.generation,
 		"since_signal", time.Since(signaled).Round(time.Microsecond))
-	d.sig.Close()
 	err = syscall.Exec(d.exe, append([]string{os.Args[0], "serve"}, d.args...), env)
 	d.sig = signals.New(d.log)
 	return stop, fmt.Errorf("execve %s: %w", d.exe, err)
