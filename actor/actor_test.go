@@ -847,3 +847,17 @@ func TestExternalChangeGetsNewRevisions(t *testing.T) {
 	require.Greater(t, got["rev"], 1.0)
 	h.fails("put", `{"key":"a","value":{"v":3},"if_rev":1}`, ReasonConflict)
 }
+
+// A retried patch gets the value it originally produced, even after later writes to the
+// key and across restarts (journal record, then checkpoint).
+func TestPatchRetryReturnsOriginalValue(t *testing.T) {
+	h := newHarness(t, nil).start()
+	first := h.ok("patch", `{"key":"k","merge":{"v":1},"request_id":"p1"}`)
+	h.ok("patch", `{"key":"k","merge":{"v":2}}`)
+	require.Equal(t, first, h.ok("patch", `{"key":"k","merge":{"v":1},"request_id":"p1"}`))
+	h.restart() // replayed from the write record
+	require.Equal(t, first, h.ok("patch", `{"key":"k","merge":{"v":1},"request_id":"p1"}`))
+	h.restart() // now from the checkpoint the last start wrote
+	require.Equal(t, first, h.ok("patch", `{"key":"k","merge":{"v":1},"request_id":"p1"}`))
+	require.Equal(t, map[string]any{"v": 2.0}, h.ok("get", `{"key":"k"}`)["value"])
+}

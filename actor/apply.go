@@ -32,8 +32,15 @@ func (a *Actor) apply(r *request, now int64) (Reply, *persist.Record) {
 	rec := &persist.Record{}
 	rep := a.write(r, rec)
 	if r.requestID != "" && (rep.Err == nil || !rep.Err.Retryable) {
-		body, isErr := encodeOutcome(rep)
-		d := &persist.Dedup{ID: r.requestID, Fingerprint: r.fingerprint, Time: now, Err: isErr, Body: body}
+		d := &persist.Dedup{ID: r.requestID, Fingerprint: r.fingerprint, Time: now}
+		if rep.Err == nil && r.kind == kindPatch && len(rec.Ops) == 1 {
+			// A patch's result ends in the merged value: keep the entry's bytes (shared
+			// with the store, and the record's own post-image in the journal) instead
+			// of a second copy.
+			d.Body, d.Frag = resultHead(r.key, rec.Rev), rec.Ops[0].Frag
+		} else {
+			d.Body, d.Err = encodeOutcome(rep)
+		}
 		a.dedup.add(d)
 		a.st.undo = append(a.st.undo, undo{kind: undoDedup})
 		rec.Dedup = []persist.Dedup{*d}
@@ -63,9 +70,7 @@ func (a *Actor) write(r *request, rec *persist.Record) Reply {
 		if len(rec.Ops) > 0 {
 			a.rev, rec.Rev = rev, rev
 		}
-		b := append([]byte(`{"key":`), persist.Quote(r.key)...)
-		b = append(b, `,"rev":`...)
-		b = strconv.AppendInt(b, res.rev, 10)
+		b := resultHead(r.key, res.rev)
 		switch r.kind {
 		case kindPatch:
 			b = append(b, `,"value":`...)
@@ -219,6 +224,13 @@ func (a *Actor) list(r *request) Reply {
 	b = append(b, `,"rev":`...)
 	b = strconv.AppendInt(b, a.rev, 10)
 	return Reply{Result: append(b, '}')}
+}
+
+// resultHead is the opening every single-key write result shares: {"key":K,"rev":N
+func resultHead(key string, rev int64) []byte {
+	b := append([]byte(`{"key":`), persist.Quote(key)...)
+	b = append(b, `,"rev":`...)
+	return strconv.AppendInt(b, rev, 10)
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -91,6 +91,11 @@ func encodeOutcome(rep Reply) (body []byte, isErr bool) {
 }
 
 func decodeOutcome(d *persist.Dedup) Reply {
+	if d.Frag != nil {
+		b := append(append([]byte(nil), d.Body...), `,"value":`...)
+		b = persist.Compact(b, persist.EntryValue(d.Frag))
+		return Reply{Result: append(b, '}')}
+	}
 	if !d.Err {
 		return Reply{Result: d.Body}
 	}

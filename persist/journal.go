@@ -59,7 +59,19 @@ type Dedup struct {
 	Time        int64    // Unix ms when it was recorded
 	Err         bool     // Body is an encoded error rather than a result
 	Body        []byte
+	// Frag, when set, is the entry a patch wrote: the result is Body (its opening, up
+	// to the revision) followed by the entry's value. It shares the store's bytes, and
+	// a write record does not repeat it: it is that record's post-image.
+	Frag []byte
 }
+
+// Dedup body kinds in the journal.
+const (
+	dedupResult   byte = 0
+	dedupError    byte = 1
+	dedupFrag     byte = 2 // a patch result with its entry's bytes
+	dedupRecordOp byte = 3 // a patch result whose entry is the record's one op
+)
 
 // Record is one durable write (one revision), or with Rev 0 only outcomes to remember.
 type Record struct {
@@ -98,7 +110,7 @@ func AppendRecord(buf []byte, r *Record) []byte {
 			b = append(b, 1)
 			b = appendBytes(b, op.Frag)
 		}
-		return appendDedups(b, r.Dedup)
+		return appendDedups(b, r.Dedup, r.Ops)
 	})
 }
 
@@ -131,7 +143,7 @@ func AppendCheckpoint(buf []byte, c *Checkpoint) []byte {
 			b = appendString(b, kr.Key)
 			b = binary.AppendUvarint(b, uint64(kr.Rev))
 		}
-		return appendDedups(b, c.Dedup)
+		return appendDedups(b, c.Dedup, nil)
 	})
 }
 
@@ -161,16 +173,22 @@ func appendSnapshotID(b []byte, id SnapshotID) []byte {
 	return binary.LittleEndian.AppendUint32(b, id.CRC)
 }
 
-func appendDedups(b []byte, ds []Dedup) []byte {
+func appendDedups(b []byte, ds []Dedup, ops []Op) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ds)))
 	for _, d := range ds {
 		b = appendString(b, d.ID)
 		b = append(b, d.Fingerprint[:]...)
 		b = binary.AppendVarint(b, d.Time)
-		if d.Err {
-			b = append(b, 1)
-		} else {
-			b = append(b, 0)
+		switch {
+		case d.Err:
+			b = append(b, dedupError)
+		case d.Frag == nil:
+			b = append(b, dedupResult)
+		case len(ops) == 1 && len(ops[0].Frag) == len(d.Frag) && &ops[0].Frag[0] == &d.Frag[0]:
+			b = append(b, dedupRecordOp)
+		default:
+			b = append(b, dedupFrag)
+			b = appendBytes(b, d.Frag)
 		}
 		b = appendBytes(b, d.Body)
 	}
@@ -296,7 +314,7 @@ func (r *Replay) decode(p []byte, off int) error {
 		for i := 0; i < n && d.err == nil; i++ {
 			c.Revs = append(c.Revs, KeyRev{Key: d.string(), Rev: d.int()})
 		}
-		c.Dedup = d.dedups()
+		c.Dedup = d.dedups(nil)
 		r.Checkpoint = c
 	case kind == recCheckpoint:
 		d.fail("checkpoint after the start")
@@ -313,7 +331,7 @@ func (r *Replay) decode(p []byte, off int) error {
 			}
 			rec.Ops = append(rec.Ops, op)
 		}
-		rec.Dedup = d.dedups()
+		rec.Dedup = d.dedups(rec.Ops)
 		r.Records = append(r.Records, rec)
 	case kind == recIntent:
 		r.Intents = append(r.Intents, d.snapshotID())
@@ -415,7 +433,8 @@ func (d *decoder) snapshotID() SnapshotID {
 	return id
 }
 
-func (d *decoder) dedups() []Dedup {
+// dedups decodes dedup records; ops are the post-images of the record they belong to.
+func (d *decoder) dedups(ops []Op) []Dedup {
 	n := d.count()
 	out := make([]Dedup, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
@@ -427,7 +446,21 @@ func (d *decoder) dedups() []Dedup {
 		copy(x.Fingerprint[:], d.b)
 		d.b = d.b[16:]
 		x.Time = d.varint()
-		x.Err = d.byte() == 1
+		switch kind := d.byte(); kind {
+		case dedupResult:
+		case dedupError:
+			x.Err = true
+		case dedupFrag:
+			x.Frag = d.bytes()
+		case dedupRecordOp:
+			if len(ops) != 1 || ops[0].Frag == nil {
+				d.fail("dedup record refers to a missing post-image")
+				break
+			}
+			x.Frag = ops[0].Frag
+		default:
+			d.fail(fmt.Sprintf("unknown dedup kind %d", kind))
+		}
 		x.Body = d.bytes()
 		out = append(out, x)
 	}
@@ -471,9 +504,14 @@ func PrepareJournal(fsys FS, path string, contents []byte) (*NextJournal, error)
 	if err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
+	// Synced here, on the caller's goroutine, so that Commit only has the delta to sync.
 	if _, err := p.Write(contents); err != nil {
 		p.Cleanup()
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
+	}
+	if err := p.Sync(); err != nil {
+		p.Cleanup()
+		return nil, fmt.Errorf("fsync journal %s: %w", path, err)
 	}
 	return &NextJournal{fsys: fsys, path: path, p: p, size: int64(len(contents))}, nil
 }

@@ -24,7 +24,9 @@ func sampleJournal() []byte {
 	b = AppendIntent(b, SnapshotID{Rev: 6, Size: 10, CRC: 42})
 	b = AppendRecord(b, &Record{Dedup: []Dedup{{ID: "r2", Time: 5, Err: true, Body: []byte(`{"reason":"conflict"}`)}}})
 	b = AppendDone(b, SnapshotID{Rev: 6, Size: 10, CRC: 42})
-	return AppendRecord(b, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: []byte(`  "c": {"x": 1}`)}}})
+	frag := []byte(`  "c": {"x": 1}`)
+	return AppendRecord(b, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: frag}},
+		Dedup: []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Frag: frag}}})
 }
 
 func TestJournalRoundTrip(t *testing.T) {
@@ -44,11 +46,18 @@ func TestJournalRoundTrip(t *testing.T) {
 	require.Equal(t, []SnapshotID{{Rev: 6, Size: 10, CRC: 42}}, r.Intents)
 	require.Equal(t, []SnapshotID{{Rev: 6, Size: 10, CRC: 42}}, r.Done)
 	require.Equal(t, int64(7), r.Records[2].Rev)
+	require.Equal(t, []byte(`  "c": {"x": 1}`), r.Records[2].Dedup[0].Frag, "taken from the record's post-image")
+	cp := AppendCheckpoint(nil, &Checkpoint{Snapshot: SnapshotID{Size: -1}, Dedup: r.Records[2].Dedup})
+	again, err := DecodeJournal(cp)
+	require.NoError(t, err)
+	require.Equal(t, r.Records[2].Dedup, again.Checkpoint.Dedup, "a checkpoint carries the bytes itself")
 }
 
 func TestJournalDamage(t *testing.T) {
 	good := sampleJournal()
-	last := len(AppendRecord(nil, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: []byte(`  "c": {"x": 1}`)}}}))
+	frag := []byte(`  "c": {"x": 1}`)
+	last := len(AppendRecord(nil, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: frag}},
+		Dedup: []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Frag: frag}}}))
 	lastStart := len(good) - last
 	flip := func(at int) []byte {
 		b := append([]byte(nil), good...)
