@@ -180,7 +180,17 @@ func (a *Actor) recover() error {
 	if a.stamp, err = persist.StatStamp(fsys, path); err != nil {
 		return err
 	}
-	if err := a.rewriteJournal(); err != nil {
+	// A journal that matches the file is kept and appended to: rewriting it would put
+	// the whole dedup window (which can be hundreds of megabytes) on the path of every
+	// start and restart. A new one is written when there is none, or when the state
+	// came from elsewhere (an import, another writer's file).
+	if cp != nil && matched && imported == 0 {
+		j, err := persist.OpenJournal(fsys, a.journalPath, replay.Size)
+		if err != nil {
+			return err
+		}
+		a.switchJournal(j)
+	} else if err := a.rewriteJournal(); err != nil {
 		return err
 	}
 	a.log.Info("store loaded", "store", path, "entries", a.st.len(), "bytes", a.st.fileSize(), "rev", a.rev,

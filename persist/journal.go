@@ -488,6 +488,25 @@ func CreateJournal(fsys FS, path string, contents []byte) (*Journal, error) {
 	return next.Commit(nil)
 }
 
+// OpenJournal opens the existing journal at path for appending, first cutting it to size
+// (dropping a torn tail) when it is longer: what a start does with a journal it can keep.
+func OpenJournal(fsys FS, path string, size int64) (*Journal, error) {
+	fi, err := fsys.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	if fi.Size() != size {
+		if err := fsys.TruncateSync(path, size); err != nil {
+			return nil, err
+		}
+	}
+	f, err := fsys.OpenAppend(path)
+	if err != nil {
+		return nil, fmt.Errorf("open journal %s: %w", path, err)
+	}
+	return &Journal{fsys: fsys, f: f, path: path, size: size}, nil
+}
+
 // NextJournal is a journal written beside the current one but not yet in its place: the
 // slow part of a compaction, done while the current journal keeps taking appends.
 // PrepareJournal may run on any goroutine; Commit and Abort on the journal's owner.
