@@ -403,26 +403,36 @@ func TestFailedBatchAnswerWaitsForNewJournal(t *testing.T) {
 
 func TestSnapshotFailureKeepsServingAndRecovers(t *testing.T) {
 	for _, step := range []string{"write", "sync", "rename", "syncdir"} {
-		t.Run(step, func(t *testing.T) {
-			h := newHarness(t, nil).start()
-			h.ok("put", `{"key":"a","value":{}}`)
-			h.fs.setFail(func(op, path string) error {
-				if op == step && (path == h.cfg.Store || path == h.dir) {
-					return syscall.ENOSPC
-				}
-				return nil
+		for _, errno := range []syscall.Errno{syscall.ENOSPC, syscall.EIO, syscall.EROFS} {
+			t.Run(step+"/"+errno.Error(), func(t *testing.T) {
+				testSnapshotFailure(t, step, errno)
 			})
-			h.fails("flush", ``, ReasonStorage)
-			// Stats are published just after the answers of a step go out.
-			require.Eventually(t, func() bool { return strings.Contains(h.a.Stats().Degraded, "no space") },
-				5*time.Second, time.Millisecond)
-			h.ok("put", `{"key":"b","value":{}}`)
-			h.fs.setFail(nil)
-			require.Eventually(t, func() bool { return h.a.Stats().Degraded == "" }, 5*time.Second, time.Millisecond)
-			h.ok("flush", ``)
-			require.Equal(t, "{\n  \"a\": {},\n  \"b\": {}\n}", readFile(h.cfg.Store))
-		})
+		}
 	}
+}
+
+func testSnapshotFailure(t *testing.T, step string, errno syscall.Errno) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.ok("flush", ``)
+	h.ok("put", `{"key":"b","value":{}}`)
+	h.fs.setFail(func(op, path string) error {
+		if op == step && (path == h.cfg.Store || path == h.dir) {
+			return errno
+		}
+		return nil
+	})
+	h.fails("flush", ``, ReasonStorage)
+	require.Contains(t, h.a.Stats().Degraded, errno.Error())
+	h.ok("put", `{"key":"c","value":{}}`)
+	if step != "syncdir" { // after a failed directory fsync the new file is in place already
+		require.Equal(t, "{\n  \"a\": {}\n}", readFile(h.cfg.Store), "the old file stays whole")
+	}
+	h.fs.setFail(nil)
+	require.Eventually(t, func() bool { return h.a.Stats().Degraded == "" }, 5*time.Second, time.Millisecond)
+	h.ok("flush", ``)
+	require.Equal(t, "{\n  \"a\": {},\n  \"b\": {},\n  \"c\": {}\n}", readFile(h.cfg.Store))
+	require.Zero(t, h.a.Stats().External, "our own file is not taken for another writer's")
 }
 
 func TestRecoverFromJournalWithoutSnapshot(t *testing.T) {
