@@ -411,7 +411,7 @@ func (a *Actor) runBatch(first *request) {
 		// A durable write's answer waits for the fsync even when it wrote nothing
 		// itself: a retry answered from its request_id record must not report success
 		// before the first attempt's write (perhaps durable:false) is on disk.
-		needSync = needSync || (r.durable && r.kind != kindGet && r.kind != kindList)
+		needSync = needSync || (r.durable && r.isWrite())
 		if rec == nil {
 			continue
 		}
@@ -429,12 +429,7 @@ func (a *Actor) runBatch(first *request) {
 		if a.durableRev < a.appendedRev {
 			// Neither the fsync nor a new journal worked: the remembered outcomes
 			// cannot be confirmed durable yet.
-			for i, r := range batch {
-				if r.durable && r.kind != kindGet && r.kind != kindList && r.kind != kindFlush {
-					a.held = append(a.held, heldReply{r.reply, replies[i]})
-					r.reply = nil
-				}
-			}
+			a.holdDurableWrites(batch, replies)
 		}
 	}
 	if frames != nil {
@@ -449,6 +444,11 @@ func (a *Actor) runBatch(first *request) {
 				"err", err, "requests", len(batch)-firstWrite)
 			failed := Reply{Err: errorf(ReasonStorage, true, "the write could not be made durable: %v", err)}
 			safe := !reachedDisk || a.discardFrames(pre)
+			if a.journalErr != nil {
+				// Durable writes before the first record were answered from their
+				// request_id records; the fsync that had to back them failed.
+				a.holdDurableWrites(batch[:firstWrite], replies)
+			}
 			for i := firstWrite; i < len(batch); i++ {
 				if batch[i].kind == kindFlush {
 					continue
@@ -498,6 +498,17 @@ func (a *Actor) discardFrames(pre int64) bool {
 	}
 	a.replaceBrokenJournal()
 	return cut == nil || a.journalErr == nil
+}
+
+// holdDurableWrites keeps the answers of the durable writes in batch until a new journal
+// makes what they report durable.
+func (a *Actor) holdDurableWrites(batch []*request, replies []Reply) {
+	for i, r := range batch {
+		if r.durable && r.isWrite() && r.reply != nil {
+			a.held = append(a.held, heldReply{r.reply, replies[i]})
+			r.reply = nil
+		}
+	}
 }
 
 // writeJournal appends frames and, if asked, fsyncs them.

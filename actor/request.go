@@ -64,6 +64,10 @@ type request struct {
 	ops []request // txn
 }
 
+func (r *request) isWrite() bool {
+	return r.kind == kindPut || r.kind == kindPatch || r.kind == kindDelete || r.kind == kindTxn
+}
+
 // parse turns a method and its raw params into a request. It runs on the caller's
 // goroutine (one per connection), so the costly part of a write, decoding and encoding
 // its value, happens in parallel before the single actor goroutine sees it.
