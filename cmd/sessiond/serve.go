@@ -222,8 +222,8 @@ func (d *daemon) run(ho *handover) error {
 	stopNow := ho != nil && ho.stop
 	for {
 		why, signaled, actErr := d.serveUntilSignal(stopNow)
-		if errors.Is(why, signals.ErrStop) || (why != nil && !errors.Is(why, signals.ErrRestart)) {
-			return d.shutdown(why, actErr)
+		if !errors.Is(why, signals.ErrRestart) {
+			return d.shutdown(why, actErr) // a stop, or a component that ended by itself
 		}
 		// A restart: the server has drained and the actor has stopped. Signals that
 		// arrive from now on are coalesced into this restart.
