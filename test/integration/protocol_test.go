@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"sessiond/ipc"
 )
@@ -698,15 +697,7 @@ func TestPermissionDenied(t *testing.T) {
 // durable is answered storage_error, never appears, and writes work again once there is
 // space.
 func TestStorageError(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs to fill up")
-	}
-	mnt := filepath.Join(newDir(t), "m")
-	require.NoError(t, os.Mkdir(mnt, 0o700))
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m,mode=0700"); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v): storage_error needs a disk that fills up", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	mnt := mountTmpfs(t, "1m")
 
 	d := startDaemon(t, mnt, "--snapshot-interval=-1s")
 	rc := dialRaw(t, d.socket)

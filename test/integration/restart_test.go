@@ -292,18 +292,9 @@ func TestRestartRefused(t *testing.T) {
 // restart goes through with nothing lost. (A read-only remount cannot be tested this way:
 // the kernel refuses it while the daemon holds its journal open for writing.)
 func TestRestartRefusedOnFailingDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs (CI runs as root)")
-	}
 	for _, mode := range []string{"full"} {
 		t.Run(mode, func(t *testing.T) {
-			dir := newDir(t)
-			mnt := filepath.Join(dir, "m")
-			require.NoError(t, os.Mkdir(mnt, 0o700))
-			if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt).CombinedOutput(); err != nil {
-				t.Skipf("cannot mount a tmpfs here (%v: %s); the failing-disk case needs it", err, out)
-			}
-			t.Cleanup(func() { exec.Command("umount", "-l", mnt).Run() })
+			mnt := mountTmpfs(t, "2m")
 			d := startDaemon(t, mnt, "--snapshot-interval", "-1s")
 			c := d.client(ipc.WithRetryFor(time.Second))
 			ctx := ctxTimeout(t, time.Minute)
