@@ -836,7 +836,12 @@ func (a *Actor) finishSnapshot(res snapResult) {
 		keep++
 	}
 	a.tail = append([]tailRecord(nil), a.tail[keep:]...)
-	a.log.Debug("snapshot written", "rev", res.id.Rev, "bytes", res.id.Size, "took", res.took)
+	// Every second under steady writes: at info only when slow enough to matter.
+	level := slog.LevelDebug
+	if res.took > 100*time.Millisecond {
+		level = slog.LevelInfo
+	}
+	a.log.Log(context.Background(), level, "snapshot written", "rev", res.id.Rev, "bytes", res.id.Size, "took", res.took)
 	a.compactJournal(res.id)
 	a.publish()
 	done := a.waiters[:0]
