@@ -226,9 +226,6 @@ func TestUpgradeStorm(t *testing.T) {
 	require.Len(t, handovers, 1)
 	require.Equal(t, len(env0)+1, len(env), "only the one handover variable was added")
 	d.stop()
-	if os.Getenv("STORM_DEBUG") != "" {
-		t.Log(d.stderr.String())
-	}
 }
 
 func restartFails(t *testing.T, d *daemon, c *ipc.Client, want string) {
