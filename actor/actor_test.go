@@ -73,6 +73,20 @@ func (h *harness) stop() error {
 	return err
 }
 
+// stopWithoutSnapshot stops the actor with its final snapshot failing, as after a crash:
+// sessions.json keeps its last version and the journal holds the rest.
+func (h *harness) stopWithoutSnapshot() {
+	h.t.Helper()
+	h.fs.setFail(func(op, path string) error {
+		if op == "rename" && path == h.cfg.Store {
+			return syscall.EIO
+		}
+		return nil
+	})
+	require.Error(h.t, h.stop())
+	h.fs.setFail(nil)
+}
+
 // restart stops the actor and opens the same store again.
 func (h *harness) restart() *harness {
 	h.t.Helper()
@@ -442,16 +456,8 @@ func TestRecoverFromJournalWithoutSnapshot(t *testing.T) {
 	h.ok("put", `{"key":"b","value":{}}`)
 	h.ok("delete", `{"key":"a"}`)
 	h.ok("put", `{"key":"a","value":{"v":2}}`)
-	// The final snapshot fails: sessions.json keeps rev 1; the journal has the rest.
-	h.fs.setFail(func(op, path string) error {
-		if op == "rename" && path == h.cfg.Store {
-			return syscall.EIO
-		}
-		return nil
-	})
-	require.Error(t, h.stop())
-	require.Equal(t, "{\n  \"a\": {\n    \"v\": 1\n  }\n}", readFile(h.cfg.Store))
-	h.fs.setFail(nil)
+	h.stopWithoutSnapshot()
+	require.Equal(t, "{\n  \"a\": {\n    \"v\": 1\n  }\n}", readFile(h.cfg.Store), "sessions.json kept rev 1")
 	h.start()
 	require.Equal(t, map[string]any{"key": "a", "rev": 4.0, "value": map[string]any{"v": 2.0}}, h.ok("get", `{"key":"a"}`))
 	require.Equal(t, 4.0, h.ok("list", `{}`)["rev"])
@@ -480,14 +486,7 @@ func TestCorruptJournalRefusesToStart(t *testing.T) {
 	h := newHarness(t, nil).start()
 	h.ok("put", `{"key":"a","value":{"v":"aaaaaaaa"}}`)
 	h.ok("put", `{"key":"b","value":{}}`)
-	h.fs.setFail(func(op, path string) error {
-		if op == "rename" && path == h.cfg.Store {
-			return syscall.EIO
-		}
-		return nil
-	})
-	require.Error(t, h.stop())
-	h.fs.setFail(nil)
+	h.stopWithoutSnapshot()
 	j := h.cfg.Store + ".journal"
 	b, err := os.ReadFile(j)
 	require.NoError(t, err)
@@ -518,14 +517,7 @@ func TestExternalChange(t *testing.T) {
 	// And while it is down: its version is kept and taken as the base, with every
 	// acknowledged write applied again on top.
 	h.ok("put", `{"key":"c","value":{}}`)
-	h.fs.setFail(func(op, path string) error {
-		if op == "rename" && path == h.cfg.Store {
-			return syscall.EIO
-		}
-		return nil
-	})
-	require.Error(t, h.stop())
-	h.fs.setFail(nil)
+	h.stopWithoutSnapshot()
 	require.NoError(t, os.WriteFile(h.cfg.Store, []byte("{\n  \"z\": {\"q\": 1}\n}"), 0o600))
 	h.start()
 	require.Equal(t, 1, h.a.Stats().External)
@@ -793,14 +785,7 @@ func TestCompactionCarriesWritesMadeMeanwhile(t *testing.T) {
 	h.ok("put", `{"key":"after","value":{}}`)
 	// Crash-like restart: the final snapshot fails, so everything must come from the
 	// journal that the compaction put in place.
-	h.fs.setFail(func(op, path string) error {
-		if op == "rename" && path == h.cfg.Store {
-			return syscall.EIO
-		}
-		return nil
-	})
-	require.Error(t, h.stop())
-	h.fs.setFail(nil)
+	h.stopWithoutSnapshot()
 	h.start()
 	for i := range 30 {
 		require.Equal(t, map[string]any{"i": float64(i)}, h.ok("get", fmt.Sprintf(`{"key":"during%d"}`, i))["value"])
