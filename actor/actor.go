@@ -12,6 +12,7 @@
 package actor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -104,7 +105,7 @@ type Actor struct {
 	base        persist.SnapshotID   // what sessions.json holds
 	intentsOut  []persist.SnapshotID // intents made durable since base: one may be on disk
 	stamp       persist.Stamp        // sessions.json as we last left it
-	tail        []tailRecord         // journal records after base, to rebuild a journal from
+	tail        []tailChange         // keys written after base, to rebuild a journal from
 	held        []heldReply          // error answers waiting until a failed journal is replaced
 	waiters     []flushWaiter
 	snapRunning bool
@@ -128,9 +129,15 @@ type Actor struct {
 	}
 }
 
-type tailRecord struct {
-	rev  int64
-	data []byte // the encoded frame
+// tailChange is a key written after base, at rev. A new journal rebuilds the records
+// after base from these and the store: one record per key, its current value (or its
+// deletion) at the revision that last changed it. That replays to the same state over
+// any snapshot since base as the records themselves would. Keeping keys instead of
+// frames keeps the tail to a few words a write; frames kept every version of every entry
+// written between two snapshots (gigabytes, with 50 KB entries patched quickly).
+type tailChange struct {
+	rev int64
+	key string
 }
 
 type heldReply struct {
@@ -400,7 +407,7 @@ func (a *Actor) runBatch(first *request) {
 	mark, startRev := a.st.mark(), a.rev
 	replies := make([]Reply, len(batch))
 	var frames []byte
-	var tail []tailRecord
+	var tail []tailChange
 	firstWrite, needSync := -1, false
 	for i, r := range batch {
 		if r.kind == kindFlush {
@@ -418,10 +425,11 @@ func (a *Actor) runBatch(first *request) {
 		if firstWrite < 0 {
 			firstWrite = i
 		}
-		start := len(frames)
 		frames = persist.AppendRecord(frames, rec)
 		if rec.Rev > 0 {
-			tail = append(tail, tailRecord{rev: rec.Rev, data: frames[start:len(frames):len(frames)]})
+			for _, op := range rec.Ops {
+				tail = append(tail, tailChange{rec.Rev, op.Key})
+			}
 		}
 	}
 	if frames == nil && needSync && a.durableRev < a.appendedRev {
@@ -568,7 +576,7 @@ func (a *Actor) journalContents() func() []byte {
 		return true
 	})
 	intents := slices.Clone(a.intentsOut)
-	tail := slices.Clone(a.tail)
+	tail := a.tailRecords()
 	// Sized up front: growing a buffer of many megabytes by doubling costs more than
 	// encoding it.
 	size := 64 + 32*len(intents)
@@ -576,21 +584,42 @@ func (a *Actor) journalContents() func() []byte {
 		size += len(kr.Key) + 16
 	}
 	for _, d := range cp.Dedup {
-		size += len(d.ID) + len(d.Body) + 40
+		size += len(d.ID) + len(d.Body) + len(d.Frag) + 40
 	}
-	for _, t := range tail {
-		size += len(t.data)
+	for _, r := range tail {
+		size += len(r.Ops[0].Key) + len(r.Ops[0].Frag) + 32
 	}
 	return func() []byte {
 		buf := persist.AppendCheckpoint(make([]byte, 0, size), cp)
 		for _, id := range intents {
 			buf = persist.AppendIntent(buf, id)
 		}
-		for _, t := range tail {
-			buf = append(buf, t.data...)
+		for i := range tail {
+			buf = persist.AppendRecord(buf, &tail[i])
 		}
 		return buf
 	}
+}
+
+// tailRecords returns the records a new journal holds after base (see tailChange), in
+// revision order. Their values are entries' bytes, which are never modified in place.
+func (a *Actor) tailRecords() []persist.Record {
+	seen := make(map[string]bool, len(a.tail))
+	var recs []persist.Record
+	for i := len(a.tail) - 1; i >= 0; i-- {
+		c := a.tail[i]
+		if seen[c.key] {
+			continue
+		}
+		seen[c.key] = true
+		rec := persist.Record{Rev: c.rev, Ops: []persist.Op{{Key: c.key}}}
+		if e := a.st.get(c.key); e != nil {
+			rec.Rev, rec.Ops[0].Frag = e.rev, e.frag
+		}
+		recs = append(recs, rec)
+	}
+	slices.SortFunc(recs, func(x, y persist.Record) int { return cmp.Compare(x.Rev, y.Rev) })
+	return recs
 }
 
 // rewriteJournal writes a new journal from memory at once and switches appends to it.
@@ -835,7 +864,7 @@ func (a *Actor) finishSnapshot(res snapResult) {
 	for keep < len(a.tail) && a.tail[keep].rev <= res.id.Rev {
 		keep++
 	}
-	a.tail = append([]tailRecord(nil), a.tail[keep:]...)
+	a.tail = append([]tailChange(nil), a.tail[keep:]...)
 	// Every second under steady writes: at info only when slow enough to matter.
 	level := slog.LevelDebug
 	if res.took > 100*time.Millisecond {

@@ -582,6 +582,55 @@ func TestNonDurableWritesSyncedWithinInterval(t *testing.T) {
 	require.Equal(t, int64(1), h.fs.syncs.Load()-before)
 }
 
+// A journal rebuilt from memory (here after a failed append) holds one record per key
+// written since the last snapshot: its latest value, or its deletion. That replays to
+// the same state as the records it replaces, without keeping every version in memory.
+func TestRebuiltJournalHoldsOneRecordPerKey(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.ok("put", `{"key":"gone","value":{"v":0}}`)
+	h.ok("put", `{"key":"back","value":{"v":0}}`)
+	h.ok("put", `{"key":"same","value":{"v":0}}`)
+	h.ok("flush", ``)
+	for i := range 100 {
+		h.ok("patch", fmt.Sprintf(`{"key":"hot","merge":{"n":%d}}`, i))
+	}
+	h.ok("delete", `{"key":"gone"}`)
+	h.ok("delete", `{"key":"back"}`)
+	h.ok("put", `{"key":"back","value":{"v":1}}`)
+	want := map[string]map[string]any{}
+	for _, k := range []string{"hot", "back", "same"} {
+		want[k] = h.ok("get", fmt.Sprintf(`{"key":%q}`, k))
+	}
+	var failed atomic.Bool
+	h.fs.setFail(func(op, path string) error {
+		if op == "write" && strings.HasSuffix(path, ".journal") && failed.CompareAndSwap(false, true) {
+			return syscall.EIO
+		}
+		return nil
+	})
+	h.fails("put", `{"key":"refused","value":{}}`, ReasonStorage)
+	h.fs.setFail(nil)
+	require.Empty(t, h.a.Stats().Degraded, "the journal was replaced at once")
+
+	r, err := persist.ReadJournal(persist.OS{}, h.cfg.Store+".journal")
+	require.NoError(t, err)
+	var keys []string
+	for _, rec := range r.Records {
+		for _, op := range rec.Ops {
+			keys = append(keys, fmt.Sprintf("%s@%d deleted=%v", op.Key, rec.Rev, op.Frag == nil))
+		}
+	}
+	require.Equal(t, []string{"hot@103 deleted=false", "gone@104 deleted=true", "back@106 deleted=false"}, keys)
+
+	h.stopWithoutSnapshot()
+	h.start()
+	for k, w := range want {
+		require.Equal(t, w, h.ok("get", fmt.Sprintf(`{"key":%q}`, k)), k)
+	}
+	h.fails("get", `{"key":"gone"}`, ReasonNotFound)
+	h.fails("get", `{"key":"refused"}`, ReasonNotFound)
+}
+
 func TestJournalCompaction(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.CompactBytes = 4096 }).start()
 	for i := range 200 {

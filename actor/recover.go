@@ -143,7 +143,9 @@ func (a *Actor) recover() error {
 				a.st.set(op.Key, op.Frag, rec.Rev)
 			}
 		}
-		a.tail = append(a.tail, tailRecord{rev: rec.Rev, data: persist.AppendRecord(nil, &rec)})
+		for _, op := range rec.Ops {
+			a.tail = append(a.tail, tailChange{rec.Rev, op.Key})
+		}
 	}
 	// Entries with no known revision (a store opened for the first time, or one changed
 	// by another writer) share one new revision.
