@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
@@ -566,9 +567,10 @@ func (a *Actor) replaceBrokenJournal() {
 
 // journalContents is what a new journal starts with: a checkpoint of the current state
 // (the revisions of every key and the dedup records), the intents since the last
-// snapshot, and the records after it. It returns a func that encodes them, which only
-// reads values that are never modified in place, so it may run on another goroutine.
-func (a *Actor) journalContents() func() []byte {
+// snapshot, and the records after it. The func it returns encodes them a frame at a time
+// and only reads values that are never modified in place, so it may run on another
+// goroutine.
+func (a *Actor) journalContents() persist.Contents {
 	cp := &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
 	cp.Revs = make([]persist.KeyRev, 0, a.st.len())
 	a.st.each(cursor{}, func(e *entry) bool {
@@ -577,27 +579,22 @@ func (a *Actor) journalContents() func() []byte {
 	})
 	intents := slices.Clone(a.intentsOut)
 	tail := a.tailRecords()
-	// Sized up front: growing a buffer of many megabytes by doubling costs more than
-	// encoding it.
-	size := 64 + 32*len(intents)
-	for _, kr := range cp.Revs {
-		size += len(kr.Key) + 16
-	}
-	for _, d := range cp.Dedup {
-		size += len(d.ID) + len(d.Body) + len(d.Frag) + 40
-	}
-	for _, r := range tail {
-		size += len(r.Ops[0].Key) + len(r.Ops[0].Frag) + 32
-	}
-	return func() []byte {
-		buf := persist.AppendCheckpoint(make([]byte, 0, size), cp)
+	return func(w io.Writer) error {
+		if err := persist.WriteCheckpoint(w, cp); err != nil {
+			return err
+		}
+		var b []byte
 		for _, id := range intents {
-			buf = persist.AppendIntent(buf, id)
+			b = persist.AppendIntent(b, id)
 		}
 		for i := range tail {
-			buf = persist.AppendRecord(buf, &tail[i])
+			if _, err := w.Write(b); err != nil {
+				return err
+			}
+			b = persist.AppendRecord(b[:0], &tail[i])
 		}
-		return buf
+		_, err := w.Write(b)
+		return err
 	}
 }
 
@@ -625,7 +622,7 @@ func (a *Actor) tailRecords() []persist.Record {
 // rewriteJournal writes a new journal from memory at once and switches appends to it.
 // It supersedes a compaction under way.
 func (a *Actor) rewriteJournal() error {
-	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, a.journalContents()())
+	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, a.journalContents())
 	if err != nil {
 		return err
 	}
@@ -695,7 +692,7 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 	before := a.journal.Size()
 	go func() {
 		start := time.Now()
-		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, contents())
+		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, contents)
 		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start}
 	}()
 }

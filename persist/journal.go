@@ -1,10 +1,12 @@
 package persist
 
 import (
+	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 )
 
@@ -135,16 +137,68 @@ func AppendDone(buf []byte, id SnapshotID) []byte {
 // AppendCheckpoint appends c as one frame to buf.
 func AppendCheckpoint(buf []byte, c *Checkpoint) []byte {
 	return frame(buf, func(b []byte) []byte {
-		b = append(b, recCheckpoint)
-		b = binary.AppendUvarint(b, uint64(c.Rev))
-		b = appendSnapshotID(b, c.Snapshot)
-		b = binary.AppendUvarint(b, uint64(len(c.Revs)))
-		for _, kr := range c.Revs {
-			b = appendString(b, kr.Key)
-			b = binary.AppendUvarint(b, uint64(kr.Rev))
-		}
-		return appendDedups(b, c.Dedup, nil)
+		c.pieces(func(p []byte) []byte {
+			b = append(b, p...)
+			return p[:0]
+		})
+		return b
 	})
+}
+
+// WriteCheckpoint writes c as one frame to w, as AppendCheckpoint would, without holding
+// the frame in memory: a checkpoint holds every dedup record of the window, and with
+// large entries patched often that is hundreds of megabytes. The payload is encoded
+// twice, once for the frame header's length and checksum and once to write it.
+func WriteCheckpoint(w io.Writer, c *Checkpoint) error {
+	sum, n := crc32.New(crcTable), 0
+	c.pieces(func(p []byte) []byte {
+		sum.Write(p)
+		n += len(p)
+		return p[:0]
+	})
+	if n > maxFrame {
+		return fmt.Errorf("checkpoint of %d bytes is over the frame limit of %d", n, maxFrame)
+	}
+	var head [frameHeader]byte
+	binary.LittleEndian.PutUint32(head[:], uint32(n))
+	binary.LittleEndian.PutUint32(head[4:], sum.Sum32())
+	if _, err := w.Write(head[:]); err != nil {
+		return err
+	}
+	var err error
+	c.pieces(func(p []byte) []byte {
+		if err == nil {
+			_, err = w.Write(p)
+		}
+		return p[:0]
+	})
+	return err
+}
+
+// pieces passes c's payload to emit a piece at a time, each at most a few KB plus one
+// dedup record; emit returns the buffer to fill next.
+func (c *Checkpoint) pieces(emit func([]byte) []byte) {
+	const piece = 64 << 10
+	b := make([]byte, 0, 2*piece)
+	b = append(b, recCheckpoint)
+	b = binary.AppendUvarint(b, uint64(c.Rev))
+	b = appendSnapshotID(b, c.Snapshot)
+	b = binary.AppendUvarint(b, uint64(len(c.Revs)))
+	for _, kr := range c.Revs {
+		b = appendString(b, kr.Key)
+		b = binary.AppendUvarint(b, uint64(kr.Rev))
+		if len(b) >= piece {
+			b = emit(b)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(c.Dedup)))
+	for i := range c.Dedup {
+		b = appendDedup(b, &c.Dedup[i], nil)
+		if len(b) >= piece {
+			b = emit(b)
+		}
+	}
+	emit(b)
 }
 
 func frame(buf []byte, payload func([]byte) []byte) []byte {
@@ -175,24 +229,29 @@ func appendSnapshotID(b []byte, id SnapshotID) []byte {
 
 func appendDedups(b []byte, ds []Dedup, ops []Op) []byte {
 	b = binary.AppendUvarint(b, uint64(len(ds)))
-	for _, d := range ds {
-		b = appendString(b, d.ID)
-		b = append(b, d.Fingerprint[:]...)
-		b = binary.AppendVarint(b, d.Time)
-		switch {
-		case d.Err:
-			b = append(b, dedupError)
-		case d.Frag == nil:
-			b = append(b, dedupResult)
-		case len(ops) == 1 && len(ops[0].Frag) == len(d.Frag) && &ops[0].Frag[0] == &d.Frag[0]:
-			b = append(b, dedupRecordOp)
-		default:
-			b = append(b, dedupFrag)
-			b = appendBytes(b, d.Frag)
-		}
-		b = appendBytes(b, d.Body)
+	for i := range ds {
+		b = appendDedup(b, &ds[i], ops)
 	}
 	return b
+}
+
+// appendDedup appends one dedup record of a frame whose ops are ops.
+func appendDedup(b []byte, d *Dedup, ops []Op) []byte {
+	b = appendString(b, d.ID)
+	b = append(b, d.Fingerprint[:]...)
+	b = binary.AppendVarint(b, d.Time)
+	switch {
+	case d.Err:
+		b = append(b, dedupError)
+	case d.Frag == nil:
+		b = append(b, dedupResult)
+	case len(ops) == 1 && len(ops[0].Frag) == len(d.Frag) && &ops[0].Frag[0] == &d.Frag[0]:
+		b = append(b, dedupRecordOp)
+	default:
+		b = append(b, dedupFrag)
+		b = appendBytes(b, d.Frag)
+	}
+	return appendBytes(b, d.Body)
 }
 
 // Replay is what a journal file holds.
@@ -478,9 +537,21 @@ type Journal struct {
 	broken error
 }
 
-// CreateJournal atomically replaces the journal at path with one holding contents (a
-// checkpoint and the records to keep), durable on return, and opens it for appending.
-func CreateJournal(fsys FS, path string, contents []byte) (*Journal, error) {
+// Contents writes what a new journal starts with (a checkpoint and the records to keep)
+// to w. It returns the first error of w.
+type Contents func(w io.Writer) error
+
+// Bytes is Contents that writes b.
+func Bytes(b []byte) Contents {
+	return func(w io.Writer) error {
+		_, err := w.Write(b)
+		return err
+	}
+}
+
+// CreateJournal atomically replaces the journal at path with one holding contents,
+// durable on return, and opens it for appending.
+func CreateJournal(fsys FS, path string, contents Contents) (*Journal, error) {
 	next, err := PrepareJournal(fsys, path, contents)
 	if err != nil {
 		return nil, err
@@ -518,21 +589,40 @@ type NextJournal struct {
 }
 
 // PrepareJournal writes contents to a temp file beside path.
-func PrepareJournal(fsys FS, path string, contents []byte) (*NextJournal, error) {
+func PrepareJournal(fsys FS, path string, contents Contents) (*NextJournal, error) {
 	p, err := fsys.NewPending(path)
 	if err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
-	// Synced here, on the caller's goroutine, so that Commit only has the delta to sync.
-	if _, err := p.Write(contents); err != nil {
+	// Through a buffer: contents writes a frame at a time, and the frames of a large
+	// journal are not held in memory all at once.
+	cw := &countingWriter{w: p}
+	bw := bufio.NewWriterSize(cw, 1<<20)
+	err = contents(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err != nil {
 		p.Cleanup()
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
+	// Synced here, on the caller's goroutine, so that Commit only has the delta to sync.
 	if err := p.Sync(); err != nil {
 		p.Cleanup()
 		return nil, fmt.Errorf("fsync journal %s: %w", path, err)
 	}
-	return &NextJournal{fsys: fsys, path: path, p: p, size: int64(len(contents))}, nil
+	return &NextJournal{fsys: fsys, path: path, p: p, size: cw.n}, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Commit appends delta (the frames the current journal took meanwhile), fsyncs, puts

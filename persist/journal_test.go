@@ -1,7 +1,9 @@
 package persist
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -53,6 +55,30 @@ func TestJournalRoundTrip(t *testing.T) {
 	require.Equal(t, r.Records[2].Dedup, again.Checkpoint.Dedup, "a checkpoint carries the bytes itself")
 }
 
+// WriteCheckpoint writes what AppendCheckpoint appends, also when the checkpoint spans
+// many pieces (many keys, large dedup records), and reports the writer's error.
+func TestWriteCheckpoint(t *testing.T) {
+	big := &Checkpoint{Rev: 9, Snapshot: SnapshotID{Rev: 3, Size: 1 << 20, CRC: 7}}
+	for i := range 20000 {
+		big.Revs = append(big.Revs, KeyRev{Key: fmt.Sprintf("agent:main:k%d", i), Rev: int64(i)})
+	}
+	for i := range 30 {
+		big.Dedup = append(big.Dedup, Dedup{ID: fmt.Sprint("r", i), Time: int64(i), Body: []byte(`{"key":"k","rev":1`),
+			Frag: bytes.Repeat([]byte{'x'}, 10000*i)})
+	}
+	big.Dedup = append(big.Dedup, Dedup{ID: "e", Err: true, Body: []byte(`{"reason":"conflict"}`)})
+	for _, c := range []*Checkpoint{{Snapshot: SnapshotID{Size: -1}}, big} {
+		var b bytes.Buffer
+		require.NoError(t, WriteCheckpoint(&b, c))
+		require.Equal(t, AppendCheckpoint(nil, c), b.Bytes())
+	}
+	require.ErrorIs(t, WriteCheckpoint(failingWriter{}, big), syscall.ENOSPC)
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
+
 func TestJournalDamage(t *testing.T) {
 	good := sampleJournal()
 	frag := []byte(`  "c": {"x": 1}`)
@@ -100,7 +126,7 @@ func TestJournalDamage(t *testing.T) {
 func TestJournalBrokenAfterFailure(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "j")
-	j, err := CreateJournal(OS{}, path, sampleJournal())
+	j, err := CreateJournal(OS{}, path, Bytes(sampleJournal()))
 	require.NoError(t, err)
 	require.NoError(t, j.Append(AppendRecord(nil, &Record{Rev: 8})))
 	require.NoError(t, j.Sync())
