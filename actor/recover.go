@@ -29,6 +29,42 @@ func checkFrag(op persist.Op) error {
 	return nil
 }
 
+// ownBytes copies entries and journal records out of the file buffers they alias, so
+// that those buffers (the whole store, the whole journal) are freed after the load
+// instead of living as long as any one entry or dedup record loaded from them. Slices
+// of the same bytes (a patch's dedup record and its post-image) share one copy.
+func ownBytes(entries []persist.Entry, replay *persist.Replay) {
+	copies := make(map[*byte][]byte)
+	own := func(b []byte) []byte {
+		if len(b) == 0 {
+			return bytes.Clone(b) // nil stays nil, empty loses its pointer into the buffer
+		}
+		c, ok := copies[&b[0]]
+		if !ok || len(c) != len(b) {
+			c = bytes.Clone(b)
+			copies[&b[0]] = c
+		}
+		return c
+	}
+	for i := range entries {
+		entries[i].Frag = own(entries[i].Frag)
+	}
+	dedups := func(ds []persist.Dedup) {
+		for i := range ds {
+			ds[i].Frag, ds[i].Body = own(ds[i].Frag), own(ds[i].Body)
+		}
+	}
+	if replay.Checkpoint != nil {
+		dedups(replay.Checkpoint.Dedup)
+	}
+	for _, rec := range replay.Records {
+		for i := range rec.Ops {
+			rec.Ops[i].Frag = own(rec.Ops[i].Frag)
+		}
+		dedups(rec.Dedup)
+	}
+}
+
 // recover rebuilds the store at start: sessions.json as the base, the journal's
 // checkpoint and records on top, then writes a fresh journal (which also drops a torn
 // tail and gives the new process a descriptor no earlier failure has touched).
@@ -52,6 +88,9 @@ func (a *Actor) recover() error {
 	replay, err := persist.ReadJournal(fsys, a.journalPath)
 	if err != nil {
 		return err
+	}
+	if !a.dryRun {
+		ownBytes(entries, replay)
 	}
 	if replay.TornAt >= 0 {
 		a.log.Warn("journal ends in an incomplete record, left by a crash during a write; it was never acknowledged and is cut off",
