@@ -26,7 +26,7 @@ var (
 	ErrClientClosed = errors.New("ipc client closed")
 	// ErrConnectionLost means the connection broke after the request was sent, so its
 	// outcome is unknown. The client retries such requests itself when a second execution
-	// is impossible (reads, and writes, which always carry a request_id); the caller sees
+	// is impossible (reads, and writes with a request_id: all but NoRequestID's); the caller sees
 	// it when the retry budget ran out, or from Call with a method it cannot prove safe.
 	ErrConnectionLost = errors.New("connection lost, outcome unknown")
 )
@@ -180,11 +180,16 @@ type Status struct {
 
 // clientWriteOpts are the common params of the write methods.
 type clientWriteOpts struct {
-	IfRev      *int64 `json:"if_rev,omitempty"`
-	RequestID  string `json:"request_id,omitempty"`
-	Durable    *bool  `json:"durable,omitempty"`
-	DeadlineMS int64  `json:"deadline_ms,omitempty"`
+	IfRev       *int64 `json:"if_rev,omitempty"`
+	RequestID   string `json:"request_id,omitempty"`
+	Durable     *bool  `json:"durable,omitempty"`
+	DeadlineMS  int64  `json:"deadline_ms,omitempty"`
+	noRequestID bool
 }
+
+// resendable reports whether the write may be sent again after its connection was lost
+// with the outcome unknown: only a request_id makes a second execution impossible.
+func (o clientWriteOpts) resendable() bool { return o.RequestID != "" }
 
 // WriteOption sets a common param of Put, Patch, Delete and Txn.
 type WriteOption func(*clientWriteOpts)
@@ -199,6 +204,17 @@ func IfRev(rev int64) WriteOption {
 // RequestID sets the idempotency key instead of the random one every write gets.
 func RequestID(id string) WriteOption {
 	return func(o *clientWriteOpts) { o.RequestID = id }
+}
+
+// NoRequestID sends the write without a request_id. The server then keeps no record of
+// its outcome: a patch's outcome holds the whole merged entry for the dedup window
+// (five minutes by default), which with large entries written often is most of the
+// server's memory. The price: a write whose connection is lost after it was sent is
+// not resent, and fails with an error wrapping ErrConnectionLost (outcome unknown).
+// Retries of busy, shutting_down and storage_error answers still happen: the write was
+// not executed. RequestID overrides it.
+func NoRequestID() WriteOption {
+	return func(o *clientWriteOpts) { o.noRequestID = true }
 }
 
 // Durable(false) lets the server answer once the write is applied in memory instead of
@@ -219,13 +235,13 @@ func Deadline(t time.Time) WriteOption {
 }
 
 // clientApply collects opts; a write without a request_id gets a random one so that a
-// retry can never execute it twice.
+// retry can never execute it twice, unless NoRequestID said otherwise.
 func clientApply(opts []WriteOption) clientWriteOpts {
 	var w clientWriteOpts
 	for _, o := range opts {
 		o(&w)
 	}
-	if w.RequestID == "" {
+	if w.RequestID == "" && !w.noRequestID {
 		w.RequestID = clientNewRequestID()
 	}
 	return w
@@ -269,7 +285,7 @@ func WithLogger(l *slog.Logger) ClientOption {
 //
 // Every method blocks until the response arrives, ctx is done, or retries give up.
 // Retries are transparent and never execute a request twice: writes carry a request_id
-// (the same on every attempt), reads have no effect. They cover busy (after at least
+// (the same on every attempt; see NoRequestID for the exception), reads have no effect. They cover busy (after at least
 // retry_after_ms), shutting_down and storage_error responses, a socket that is missing
 // or refuses (start-up, restart), and a connection lost with the outcome unknown; never
 // deadline_exceeded or the other errors. They stop at ctx's deadline (a retry that could
@@ -358,7 +374,7 @@ func (c *Client) Put(ctx context.Context, key string, value any, opts ...WriteOp
 	var res struct {
 		Rev int64 `json:"rev"`
 	}
-	err = c.call(ctx, "put", params, &res, true)
+	err = c.call(ctx, "put", params, &res, params.resendable())
 	return res.Rev, err
 }
 
@@ -376,7 +392,7 @@ func (c *Client) Patch(ctx context.Context, key string, merge any, opts ...Write
 		clientWriteOpts
 	}{key, raw, clientApply(opts)}
 	var e Entry
-	err = c.call(ctx, "patch", params, &e, true)
+	err = c.call(ctx, "patch", params, &e, params.resendable())
 	return e, err
 }
 
@@ -387,7 +403,7 @@ func (c *Client) Delete(ctx context.Context, key string, opts ...WriteOption) (D
 		clientWriteOpts
 	}{key, clientApply(opts)}
 	var res DeleteResult
-	err := c.call(ctx, "delete", params, &res, true)
+	err := c.call(ctx, "delete", params, &res, params.resendable())
 	return res, err
 }
 
@@ -439,7 +455,7 @@ func (c *Client) Txn(ctx context.Context, ops []TxnOp, opts ...WriteOption) (Txn
 		clientWriteOpts
 	}{wire, w}
 	var res TxnResult
-	err := c.call(ctx, "txn", params, &res, true)
+	err := c.call(ctx, "txn", params, &res, w.resendable())
 	return res, err
 }
 

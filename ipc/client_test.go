@@ -537,6 +537,33 @@ func TestClientRetriesAfterConnectionLostWithSameRequestID(t *testing.T) {
 	require.Equal(t, int64(2), e.Rev)
 }
 
+// NoRequestID: the write goes out without one, is still retried when the server says it
+// was not executed (busy), but not after a lost connection, whose outcome is unknown.
+func TestClientNoRequestID(t *testing.T) {
+	f := newClientFake(t)
+	c := newTestClient(t, f.path)
+	out := clientGo(func() (Entry, error) {
+		return c.Patch(t.Context(), "k", json.RawMessage(`{"a":1}`), NoRequestID())
+	})
+	req1 := f.next(t)
+	require.NotContains(t, string(req1.Params), "request_id")
+	req1.fail(t, -32003, "busy", true, `"retry_after_ms":1`)
+	req2 := f.next(t)
+	require.JSONEq(t, string(req1.Params), string(req2.Params))
+	_ = req2.conn.nc.Close()
+	_, err := clientAwait(t, out)
+	require.ErrorIs(t, err, ErrConnectionLost)
+
+	out = clientGo(func() (Entry, error) {
+		return c.Patch(t.Context(), "k", json.RawMessage(`{"a":1}`), NoRequestID(), RequestID("mine"))
+	})
+	req3 := f.next(t)
+	require.Equal(t, "mine", req3.requestID(t), "an explicit request_id wins")
+	req3.reply(t, `{"key":"k","rev":2,"value":{"a":1}}`)
+	_, err = clientAwait(t, out)
+	require.NoError(t, err)
+}
+
 // A method the client cannot prove idempotent is not resent after a lost connection.
 func TestClientCallUnknownMethodNotResentAfterConnectionLost(t *testing.T) {
 	f := newClientFake(t)

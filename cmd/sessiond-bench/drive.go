@@ -41,6 +41,9 @@ type loadSpec struct {
 	rate     float64       // open loop: offered operations per second, all clients together
 	warmup   time.Duration // operations started before warmup ends are not measured
 	duration time.Duration // measured window; no operation starts after it
+	// noRequestIDs sends sessiond's writes without a request_id (ipc.NoRequestID), so
+	// the daemon keeps no outcome for them.
+	noRequestIDs bool
 }
 
 // loadOutcome is what driving a system measured.
@@ -53,8 +56,12 @@ type loadOutcome struct {
 
 // sessiondOp is one operation of the workload against the daemon: client idx's seq-th.
 // It reports whether the operation wrote.
-func sessiondOp(ctx context.Context, c *ipc.Client, ws *workSet, workload string, r *rand.Rand, idx, seq int, buf []byte) (bool, error) {
-	switch workload {
+func sessiondOp(ctx context.Context, c *ipc.Client, ws *workSet, spec loadSpec, r *rand.Rand, idx, seq int, buf []byte) (bool, error) {
+	var opts []ipc.WriteOption
+	if spec.noRequestIDs {
+		opts = append(opts, ipc.NoRequestID())
+	}
+	switch workload := spec.workload; workload {
 	case workloadMixed:
 		if r.IntN(5) != 0 {
 			_, err := c.Get(ctx, ws.keys[r.IntN(len(ws.keys))])
@@ -63,13 +70,13 @@ func sessiondOp(ctx context.Context, c *ipc.Client, ws *workSet, workload string
 		fallthrough
 	case workloadPatch:
 		merge := patchMerge(buf[:0], r, time.Now().UnixMilli())
-		_, err := c.Patch(ctx, ws.keys[r.IntN(len(ws.keys))], json.RawMessage(merge))
+		_, err := c.Patch(ctx, ws.keys[r.IntN(len(ws.keys))], json.RawMessage(merge), opts...)
 		return true, err
 	case workloadPut:
-		_, err := c.Put(ctx, benchKey(idx, seq), ws.puts[seq%len(ws.puts)])
+		_, err := c.Put(ctx, benchKey(idx, seq), ws.puts[seq%len(ws.puts)], opts...)
 		return true, err
 	}
-	return false, errors.New("unknown workload " + workload)
+	return false, errors.New("unknown workload " + spec.workload)
 }
 
 // reasonOf names why an operation failed: the wire contract's reason, or what the
@@ -132,7 +139,7 @@ func driveSessiond(ctx context.Context, socket string, ws *workSet, spec loadSpe
 					if !t0.Before(stop) || opCtx.Err() != nil {
 						return
 					}
-					write, err := sessiondOp(opCtx, c, ws, spec.workload, r, i, seq, buf)
+					write, err := sessiondOp(opCtx, c, ws, spec, r, i, seq, buf)
 					t1 := time.Now()
 					if t0.Before(out.start) {
 						continue
@@ -199,7 +206,7 @@ func openLoop(ctx context.Context, clients []*ipc.Client, ws *workSet, spec load
 		wg.Go(func() {
 			defer func() { <-sem }()
 			r := rand.New(rand.NewPCG(seed, uint64(n)))
-			write, err := sessiondOp(ctx, clients[idx], ws, spec.workload, r, idx, n, make([]byte, 0, 256))
+			write, err := sessiondOp(ctx, clients[idx], ws, spec, r, idx, n, make([]byte, 0, 256))
 			t1 := time.Now()
 			if due.Before(measureFrom) {
 				return

@@ -86,6 +86,7 @@ type config struct {
 	sessiond         string
 	logLevel         string
 	snapshotInterval string
+	requestIDs       bool
 	lockTimeout      time.Duration
 	lockPoll         time.Duration
 	seed             uint64
@@ -133,6 +134,7 @@ Flags:
 	fl.StringVar(&c.sessiond, "sessiond", "", "sessiond binary (default: go build ./cmd/sessiond into a temp dir)")
 	fl.StringVar(&c.logLevel, "daemon-log-level", "", `sessiond --log-level (default: debug for the snapshot runs, whose snapshot durations only the debug log has, info for the others: debug logs every request and costs the daemon 15-25% CPU per write)`)
 	fl.StringVar(&c.snapshotInterval, "snapshot-interval", "", "custom runs: sessiond --snapshot-interval (default: the daemon's)")
+	fl.BoolVar(&c.requestIDs, "request-ids", true, "matrix, goal and custom runs: every sessiond write carries a request_id, as the Go client's do by default (false: ipc.NoRequestID; the snapshot scenario runs both)")
 	fl.DurationVar(&c.lockTimeout, "baseline-lock-timeout", legacyLockTimeout, "baseline: give up waiting for the lock after this (a dropped write)")
 	fl.DurationVar(&c.lockPoll, "baseline-lock-poll", legacyLockPoll, "baseline: lock polling interval")
 	fl.Uint64Var(&c.seed, "seed", 1, "random seed of stores and workloads")

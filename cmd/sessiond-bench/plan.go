@@ -56,6 +56,9 @@ func (c cell) name() string {
 	if c.snapshotInterval != "" {
 		s += " snapshot-interval=" + c.snapshotInterval
 	}
+	if c.load.noRequestIDs {
+		s += " no-request-ids"
+	}
 	if c.system == systemBaseline {
 		s += " parse=" + c.parse
 	}
@@ -113,7 +116,8 @@ func plan(cfg *config) []cell {
 		}
 	}
 	load := func(workload, mode string, clients int, d time.Duration) loadSpec {
-		return loadSpec{workload: workload, mode: mode, clients: clients, rate: cfg.rate, warmup: cfg.warmup, duration: d}
+		return loadSpec{workload: workload, mode: mode, clients: clients, rate: cfg.rate, warmup: cfg.warmup, duration: d,
+			noRequestIDs: !cfg.requestIDs}
 	}
 	shapeOf := func(name string) shape {
 		for _, sh := range cfg.shapes {
@@ -183,10 +187,12 @@ func plan(cfg *config) []cell {
 			intervals[0] = "100ms" // the default 1s would see no snapshot before the stop
 		}
 		for rep := 1; rep <= cfg.goalReps; rep++ {
-			// Interleaved, so that a noisy minute on the shared machine hits both sides.
-			for _, interval := range intervals {
+			// Interleaved, so that a noisy minute on the shared machine hits every side.
+			// The last run leaves request_id out: how much of the memory is the dedup
+			// window's copies of patched entries.
+			for i, interval := range append(intervals, intervals[0]) {
 				l := load(workloadPatch, modeOpen, snapClients, cfg.goalDuration)
-				l.rate = rate
+				l.rate, l.noRequestIDs = rate, i == len(intervals)
 				add(cell{group: groupSnapshots, system: systemSessiond, shape: shapeOf(snapShape), load: l, snapshotInterval: interval, rep: rep})
 			}
 		}

@@ -134,7 +134,7 @@ func (e *env) runCell(ctx context.Context, c cell) (Result, error) {
 	res := Result{
 		Group: c.group, System: c.system, Shape: c.shape.Name, Entries: c.shape.Entries, StoreBytes: t.size,
 		Workload: c.load.workload, Mode: c.load.mode, Clients: c.load.clients, Rep: c.rep,
-		SnapshotInterval: c.snapshotInterval, Parse: c.parse,
+		SnapshotInterval: c.snapshotInterval, Parse: c.parse, NoRequestIDs: c.load.noRequestIDs && c.system == systemSessiond,
 	}
 	if c.load.mode == modeOpen {
 		res.RateOffered = c.load.rate

@@ -57,14 +57,18 @@ func TestSmoke(t *testing.T) {
 	} {
 		require.True(t, kinds[want], "no %s run", want)
 	}
-	snaps := 0
+	snaps, noIDs := 0, 0
 	for _, r := range rep.Results {
 		if r.Group == groupSnapshots && r.SnapshotInterval != snapshotsOff {
 			snaps += r.Daemon.Snapshots
 		}
+		if r.NoRequestIDs {
+			noIDs++
+		}
 	}
 	require.Positive(t, snaps, "snapshot durations come from the daemon's log")
-	require.Len(t, rep.Goals, 8, "every goal of the issue is checked")
+	require.Equal(t, 1, noIDs, "one snapshot run without request_id")
+	require.Len(t, rep.Goals, 9, "every goal of the issue is checked, peak RSS with and without request_id")
 
 	svg, err := os.ReadFile(filepath.Join(out, "chart.svg"))
 	require.NoError(t, err)
@@ -124,7 +128,7 @@ func TestPlan(t *testing.T) {
 	require.Equal(t, 72-4, count["matrix/baseline"])
 	require.Equal(t, 6, count["goal/sessiond"])
 	require.Equal(t, 6, count["goal/baseline"], "both parse modes")
-	require.Equal(t, 6, count["snapshots/sessiond"])
+	require.Equal(t, 9, count["snapshots/sessiond"], "3 reps: snapshots on, off, on without request_id")
 
 	cfg, err = parseFlags([]string{"-store-shape", "1k", "-clients", "1,2", "-reps", "2", "-baseline=false"}, &bytes.Buffer{})
 	require.NoError(t, err)
