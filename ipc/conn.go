@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"sessiond/actor"
+	"sessiond/persist"
 )
 
 // Why a connection ended, for the log.
@@ -34,6 +35,10 @@ const (
 	// keepBufSize bounds the scratch buffers a connection keeps between lines, so that one
 	// huge request or batch does not pin its memory for the connection's lifetime.
 	keepBufSize = 1 << 20
+	// maxLineDepth bounds the nesting of a request line, so that a hostile line cannot
+	// make the envelope check recurse without bound. Params have their own, lower limit
+	// (--max-depth), which the backend enforces with a clearer error.
+	maxLineDepth = 10000
 )
 
 // conn is one client connection: a reader goroutine turns lines into items on fifo, the
@@ -222,29 +227,42 @@ func (c *conn) single(p part) item { return item{parts: []part{p}} }
 // handleRequest validates one request object and submits it. ok is false for a
 // notification, which is owed nothing.
 func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		var syntax *json.SyntaxError
-		if errors.As(err, &syntax) {
-			return c.errorPart(reasonParseError, "request line is not JSON: "+err.Error(), nil), true
+	// Split, not decoded: params are parsed once, by the backend.
+	members, isObject, err := persist.SplitObject(raw, maxLineDepth)
+	switch {
+	case errors.Is(err, persist.ErrTooDeep):
+		return c.errorPart(reasonInvalidRequest, fmt.Sprintf("request nests deeper than %d", maxLineDepth), nil), true
+	case err != nil:
+		return c.errorPart(reasonParseError, "request line is not JSON: "+err.Error(), nil), true
+	case !isObject:
+		return c.errorPart(reasonInvalidRequest, "a request must be a JSON object", nil), true
+	}
+	var id, jsonrpc, methodRaw, params []byte
+	var hasID, hasParams bool
+	for _, m := range members { // a repeated name: the last value counts
+		switch m.Name {
+		case "id":
+			id, hasID = m.Raw, true
+		case "jsonrpc":
+			jsonrpc = m.Raw
+		case "method":
+			methodRaw = m.Raw
+		case "params":
+			params, hasParams = m.Raw, true
 		}
-		return c.errorPart(reasonInvalidRequest, "a request must be a JSON object", nil), true
 	}
-	if m == nil {
-		return c.errorPart(reasonInvalidRequest, "a request must be a JSON object", nil), true
-	}
-	id, hasID := m["id"]
+	// The line's buffer is reused for the next line; the answer and the backend keep these.
+	id, params = bytes.Clone(id), bytes.Clone(params)
 	if hasID && !validID(id) {
 		return c.errorPart(reasonInvalidRequest, "id must be a string, a number or null", nil), true
 	}
-	if v, ok := decodeString(m["jsonrpc"]); !ok || v != "2.0" {
+	if v, ok := decodeString(jsonrpc); !ok || v != "2.0" {
 		return c.errorPart(reasonInvalidRequest, `jsonrpc must be "2.0"`, nil), true
 	}
-	method, ok := decodeString(m["method"])
+	method, ok := decodeString(methodRaw)
 	if !ok {
 		return c.errorPart(reasonInvalidRequest, "method must be a string", nil), true
 	}
-	params, hasParams := m["params"]
 	if hasParams && (len(params) == 0 || params[0] != '{' && params[0] != '[') {
 		return c.errorPart(reasonInvalidRequest, "params must be an object or an array", nil), true
 	}

@@ -328,6 +328,8 @@ func TestBadLinesLeaveConnectionUsable(t *testing.T) {
 		{"params null", `{"jsonrpc":"2.0","method":"get","id":1,"params":null}`, -32600},
 		{"empty batch", `[]`, -32600},
 		{"empty batch with spaces", ` [ ] `, -32600},
+		{"nested deeper than the line limit", `{"jsonrpc":"2.0","method":"get","id":1,"params":{"a":` +
+			strings.Repeat("[", maxLineDepth) + strings.Repeat("]", maxLineDepth) + `}}`, -32600},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -358,6 +360,12 @@ func TestEscapedMembersAndLastLine(t *testing.T) {
 	// Member names and strings mean what they decode to.
 	c.send(`{"jsonrpc":"2\u002e0","m\u0065thod":"g\u0065t","id":1}`)
 	requireEcho(t, c.recv(), "1", "get", "")
+	// A repeated name: the last value counts. An id is echoed byte for byte, also one
+	// no float64 holds exactly.
+	c.send(`{"jsonrpc":"2.0","method":"put","method":"get","id":1,"id":12345678901234567891}`)
+	m := c.recv()
+	requireEcho(t, m, "12345678901234567891", "get", "")
+	require.Equal(t, "12345678901234567891", string(m.ID))
 	// A last line without its newline is still a line.
 	c.sendRaw(req("2", "get", ""))
 	require.NoError(t, c.nc.CloseWrite())

@@ -1,12 +1,17 @@
 package persist
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/stretchr/testify/require"
 )
 
 // The fuzz targets report with t.Fatalf rather than require so that a failure prints
@@ -18,6 +23,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := Parse(data, 0)
+		checkSplitObject(t, data, v, err)
 		// Acceptance matches encoding/json's RFC 8259 grammar, except that Parse also
 		// insists on valid UTF-8 as JSON.parse of a decoded request line does.
 		if want := json.Valid(data) && utf8.Valid(data); (err == nil) != want {
@@ -263,4 +269,71 @@ func fromRef(r any) Value {
 		return v
 	}
 	return Value{}
+}
+
+// checkSplitObject: SplitObject accepts and refuses what Parse does, with the same
+// error (at depth 3 too), and each member's bytes parse to the value Parse gave it.
+func checkSplitObject(t *testing.T, data []byte, v Value, perr error) {
+	t.Helper()
+	members, isObject, err := SplitObject(data, 0)
+	if fmt.Sprint(err) != fmt.Sprint(perr) {
+		t.Fatalf("SplitObject error %v, Parse error %v", err, perr)
+	}
+	_, _, err3 := SplitObject(data, 3)
+	if _, perr3 := Parse(data, 3); fmt.Sprint(err3) != fmt.Sprint(perr3) {
+		t.Fatalf("with maxDepth 3: SplitObject error %v, Parse error %v", err3, perr3)
+	}
+	if perr != nil {
+		return
+	}
+	if isObject != (v.Kind == Object) {
+		t.Fatalf("isObject %v for a value of kind %v", isObject, v.Kind)
+	}
+	last := map[string]Value{}
+	for _, m := range members {
+		mv, err := Parse(m.Raw, 0)
+		if err != nil {
+			t.Fatalf("member %q: raw %q does not parse: %v", m.Name, m.Raw, err)
+		}
+		if m.Raw[0] == ' ' || m.Raw[len(m.Raw)-1] == ' ' {
+			t.Fatalf("member %q: raw %q has whitespace around it", m.Name, m.Raw)
+		}
+		last[m.Name] = mv
+	}
+	for _, m := range v.Obj {
+		name, ok := unquote(m.Name)
+		if !ok || strings.ContainsRune(name, utf8.RuneError) {
+			continue // a lone surrogate, replaced by SplitObject: it may share a name
+		}
+		if got, ok := last[name]; !ok || !bytes.Equal(AppendCompact(nil, got), AppendCompact(nil, m.Value)) {
+			t.Fatalf("member %q: SplitObject's last value %s, Parse's %s", name, AppendCompact(nil, got), AppendCompact(nil, m.Value))
+		}
+	}
+}
+
+func TestSplitObject(t *testing.T) {
+	members, isObject, err := SplitObject([]byte(` { "id" : 12345678901234567890 , "m\u0065thod":"get","params": {"key":"a"} ,"id":"x"} `), 0)
+	require.NoError(t, err)
+	require.True(t, isObject)
+	require.Equal(t, []RawMember{
+		{"id", []byte(`12345678901234567890`)},
+		{"method", []byte(`"get"`)},
+		{"params", []byte(`{"key":"a"}`)},
+		{"id", []byte(`"x"`)},
+	}, members)
+	for _, s := range []string{`[1,{"a":2}]`, `"s"`, `null`, `{}`} {
+		members, isObject, err := SplitObject([]byte(s), 0)
+		require.NoError(t, err, s)
+		require.Equal(t, s == `{}`, isObject, s)
+		require.Empty(t, members, s)
+	}
+	_, _, err = SplitObject([]byte(`{"a":[[[[1]]]]}`), 3)
+	require.ErrorIs(t, err, ErrTooDeep)
+	for _, in := range []string{``, `{`, `{"a"}`, `{"a":}`, `{"a":1,}`, `{"a":1 "b":2}`, `{1:2}`, `[1,]`, `[1 2]`,
+		`{"a":tru}`, `{"a":01}`, `{"a":"\x"}`, "{\"a\":\"\xff\"}", `{} {}`, `{"a":[}`, `-`, `1.`} {
+		_, _, err := SplitObject([]byte(in), 0)
+		_, perr := Parse([]byte(in), 0)
+		require.Error(t, perr, in)
+		require.Equal(t, perr.Error(), fmt.Sprint(err), in)
+	}
 }
