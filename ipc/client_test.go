@@ -763,3 +763,55 @@ func TestClientCancelInterruptsBlockedWrite(t *testing.T) {
 	require.Less(t, time.Since(start), clientTestWait, "bounded, not hung")
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 }
+
+// The entry fast path decodes what encoding/json decodes, and leaves what it does not
+// expect to encoding/json.
+func TestEntrySplitMatchesEncodingJSON(t *testing.T) {
+	for _, tc := range []struct {
+		raw  string
+		fast bool
+	}{
+		{`{"key":"agent:main:main","rev":7,"value":{"a":[1,{"b":null}]}}`, true},
+		{` { "rev" : 12 , "key" : "k" } `, true},
+		{`{"key":"k","rev":3,"value":null,"extra":true}`, true},
+		{`{"key":"\u006b\"","rev":1,"value":{}}`, false}, // an escaped key
+		{`{"key":"k","rev":1.5}`, false},
+		{`{"key":"k","rev":"1"}`, false},
+		{`[1]`, false},
+	} {
+		var got Entry
+		require.Equal(t, tc.fast, got.split([]byte(tc.raw)), tc.raw)
+		if tc.fast {
+			var want Entry
+			require.NoError(t, json.Unmarshal([]byte(tc.raw), &want))
+			require.Equal(t, want, got, tc.raw)
+		}
+	}
+}
+
+// The hand-written params say what encoding/json said for the same fields.
+func TestClientWriteParamsMatchEncodingJSON(t *testing.T) {
+	rev, yes := int64(0), false
+	for _, tc := range []struct {
+		key   string
+		field string
+		raw   string
+		o     clientWriteOpts
+	}{
+		{"agent:main:main", "merge", `{"a":1}`, clientWriteOpts{RequestID: "r1"}},
+		{"k \"quoted\" <&> \u2028 ключ \xff", "value", `{"b":[null]}`, clientWriteOpts{IfRev: &rev, Durable: &yes, DeadlineMS: 1764220000000}},
+		{"gone", "", "", clientWriteOpts{RequestID: "\\ \n"}},
+	} {
+		got := clientWriteParams(tc.key, tc.field, json.RawMessage(tc.raw), tc.o)
+		m := map[string]any{"key": tc.key}
+		if tc.field != "" {
+			m[tc.field] = json.RawMessage(tc.raw)
+		}
+		opts, err := json.Marshal(tc.o)
+		require.NoError(t, err)
+		require.NoError(t, json.Unmarshal(opts, &m))
+		want, err := json.Marshal(m)
+		require.NoError(t, err)
+		require.JSONEq(t, string(want), string(got))
+	}
+}

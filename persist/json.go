@@ -110,6 +110,7 @@ func SplitObject(data []byte, maxDepth int) (members []RawMember, isObject bool,
 		}
 	} else {
 		isObject = true
+		members = make([]RawMember, 0, 8) // a request or response has four or five
 		err := p.container(1, func() error {
 			start := p.pos
 			if _, _, err := p.scanString(); err != nil {
