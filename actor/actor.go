@@ -121,6 +121,7 @@ type Actor struct {
 	compactGen   uint64             // bumped whenever the journal is switched
 	compactBase  int64              // size of the journal when it was last switched
 	compactDelta []byte             // frames appended since the compaction began
+	frameBuf     []byte             // a batch's frames, reused: nothing keeps them after the append
 	compactDone  chan compactResult // from the compaction goroutine; buffered
 
 	stats struct {
@@ -140,6 +141,10 @@ type tailChange struct {
 	rev int64
 	key string
 }
+
+// maxFrameBuf bounds the frame buffer kept between batches, so that one batch of large
+// entries does not pin its memory.
+const maxFrameBuf = 1 << 20
 
 type heldReply struct {
 	reply chan Reply
@@ -407,7 +412,7 @@ func (a *Actor) runBatch(first *request) {
 	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
 	mark, startRev := a.st.mark(), a.rev
 	replies := make([]Reply, len(batch))
-	var frames []byte
+	frames := a.frameBuf[:0]
 	var tail []tailChange
 	firstWrite, needSync := -1, false
 	for i, r := range batch {
@@ -433,7 +438,7 @@ func (a *Actor) runBatch(first *request) {
 			}
 		}
 	}
-	if frames == nil && needSync && a.durableRev < a.appendedRev {
+	if len(frames) == 0 && needSync && a.durableRev < a.appendedRev {
 		a.syncJournal()
 		if a.durableRev < a.appendedRev {
 			// Neither the fsync nor a new journal worked: the remembered outcomes
@@ -441,7 +446,7 @@ func (a *Actor) runBatch(first *request) {
 			a.holdDurableWrites(batch, replies)
 		}
 	}
-	if frames != nil {
+	if len(frames) > 0 {
 		// Frames written to a journal that was already broken never reached the disk;
 		// frames of a failed append or fsync might have.
 		reachedDisk := a.journal.Broken() == nil
@@ -480,6 +485,9 @@ func (a *Actor) runBatch(first *request) {
 			}
 			a.tail = append(a.tail, tail...)
 		}
+	}
+	if cap(frames) <= maxFrameBuf {
+		a.frameBuf = frames
 	}
 	a.st.commit()
 	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
