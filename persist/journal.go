@@ -596,7 +596,7 @@ func PrepareJournal(fsys FS, path string, contents Contents) (*NextJournal, erro
 	}
 	// Through a buffer: contents writes a frame at a time, and the frames of a large
 	// journal are not held in memory all at once.
-	cw := &countingWriter{w: p}
+	cw := &countingWriter{w: paced(p)}
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	err = contents(bw)
 	if err == nil {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -236,4 +237,27 @@ func TestKeepAside(t *testing.T) {
 	require.Equal(t, `{"theirs": {}}`, string(b1))
 	require.Equal(t, `{"again": {}}`, string(b2))
 	require.Equal(t, `{"again": {}}`, string(cur), "the path still holds the file")
+}
+
+// A snapshot of many megabytes goes to the disk paced (on a real file) and comes out
+// byte for byte as AppendStore writes it.
+func TestWriteSnapshotPaced(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sessions.json")
+	p, err := OS{}.NewPending(path)
+	require.NoError(t, err)
+	_, isPaced := paced(p).(*pacedWriter)
+	require.True(t, isPaced, "renameio's pending file is a real file")
+	require.NoError(t, p.Cleanup())
+
+	var frags [][]byte
+	for i := range 300 {
+		frags = append(frags, EncodeEntry(fmt.Sprint("agent:main:k", i), Value{Kind: String, Str: Quote(strings.Repeat("x", 20000+i))}))
+	}
+	id, _, err := WriteSnapshot(OS{}, path, 7, frags, func(SnapshotID) error { return nil })
+	require.NoError(t, err)
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Greater(t, len(got), 3*pace)
+	require.Equal(t, AppendStore(nil, frags), got)
+	require.Equal(t, int64(len(got)), id.Size)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -72,7 +73,7 @@ func ReadStore(fsys FS, path string, maxDepth int) ([]Entry, SnapshotID, error) 
 func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, err error) {
 	id = SnapshotID{Rev: rev}
 	err = replaceFile(fsys, path, func(p Pending) error {
-		h := &crcWriter{w: p}
+		h := &crcWriter{w: paced(p)}
 		w := bufio.NewWriterSize(h, 1<<20)
 		if len(frags) == 0 {
 			w.WriteString("{}")
@@ -105,7 +106,7 @@ func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(
 }
 
 type crcWriter struct {
-	w   Pending
+	w   io.Writer
 	n   int64
 	crc uint32
 }
