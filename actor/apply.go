@@ -148,7 +148,7 @@ func (a *Actor) writeOne(op *request, rev int64, rec *persist.Record) (opResult,
 			}
 			target = v
 		}
-		frag := persist.EncodeEntry(op.key, persist.Merge(target, op.merge))
+		frag := persist.EncodeEntry(op.key, persist.MergeOwned(target, op.merge)) // target was just parsed
 		if len(frag) > a.cfg.MaxValueBytes {
 			return opResult{}, tooLarge("merged value", a.cfg.MaxValueBytes)
 		}

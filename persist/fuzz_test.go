@@ -150,6 +150,14 @@ func FuzzMerge(f *testing.F) {
 		if string(AppendCompact(nil, tv)) != tBefore || string(AppendCompact(nil, pv)) != pBefore {
 			t.Fatalf("Merge modified its arguments")
 		}
+		// MergeOwned on a fresh parse of target: the same result, patch untouched.
+		own, _ := Parse(target, 0)
+		if got := string(AppendCompact(nil, MergeOwned(own, pv))); got != want {
+			t.Fatalf("MergeOwned(%s, %s)\n got %s\nwant %s", tBefore, pBefore, got, want)
+		}
+		if string(AppendCompact(nil, pv)) != pBefore {
+			t.Fatalf("MergeOwned modified the patch")
+		}
 	})
 }
 

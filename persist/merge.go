@@ -15,7 +15,14 @@ package persist
 // invoke the prototype setter. Merge copies on write: the result may share unchanged
 // parts with target and patch, but their backing arrays are never modified.
 // Merge is safe for concurrent use.
-func Merge(target, patch Value) Value {
+func Merge(target, patch Value) Value { return merge(target, patch, false) }
+
+// MergeOwned is Merge for a target that is the caller's alone (just parsed, say): it
+// modifies and reuses target's arrays instead of copying every object it patches.
+// patch is never modified; the result may share parts of it.
+func MergeOwned(target, patch Value) Value { return merge(target, patch, true) }
+
+func merge(target, patch Value, owned bool) Value {
 	if patch.Kind != Object {
 		return patch
 	}
@@ -23,11 +30,15 @@ func Merge(target, patch Value) Value {
 	if target.Kind == Object {
 		base = target.Obj
 	}
-	out := make([]Member, len(base), len(base)+len(patch.Obj))
-	copy(out, base)
-	// Big objects get a name index so that a hostile patch cannot make this quadratic.
+	out := base
+	if !owned {
+		out = make([]Member, len(base), len(base)+len(patch.Obj))
+		copy(out, base)
+	}
+	// Names are looked up by scanning, unless that could be quadratic (a hostile patch,
+	// a huge target): then through an index. A usual patch of a usual entry scans.
 	var at map[string]int
-	if len(out) > linearLimit && len(patch.Obj) > 1 || len(patch.Obj) > linearLimit {
+	if len(patch.Obj) > linearLimit || len(patch.Obj) > 1 && len(out)*len(patch.Obj) > linearLimit*linearLimit {
 		at = make(map[string]int, len(out)+len(patch.Obj))
 		for i, m := range out {
 			at[m.Name] = i
@@ -54,9 +65,9 @@ func Merge(target, patch Value) Value {
 				delete(at, m.Name)
 			}
 		case i >= 0:
-			out[i].Value = Merge(out[i].Value, m.Value)
+			out[i].Value = merge(out[i].Value, m.Value, owned)
 		default:
-			out = append(out, Member{Name: m.Name, Value: Merge(Value{}, m.Value)})
+			out = append(out, Member{Name: m.Name, Value: merge(Value{}, m.Value, owned)})
 			if at != nil {
 				at[m.Name] = len(out) - 1
 			}

@@ -103,6 +103,7 @@ func TestMergeLarge(t *testing.T) {
 	pb.WriteString("}")
 	wb.WriteString("}")
 	require.Equal(t, wb.String(), compact(Merge(mustParse(t, tb.String()), mustParse(t, pb.String()))))
+	require.Equal(t, wb.String(), compact(MergeOwned(mustParse(t, tb.String()), mustParse(t, pb.String()))))
 }
 
 func TestMergeCopyOnWrite(t *testing.T) {
