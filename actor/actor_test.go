@@ -933,3 +933,43 @@ func TestOwnBytesLeavesFileBuffers(t *testing.T) {
 	require.Equal(t, `{"key":"c","rev":2`, string(rec.Dedup[0].Body))
 	require.Same(t, &rec.Ops[0].Frag[0], &rec.Dedup[0].Frag[0], "one copy for the entry and its dedup record")
 }
+
+// The dedup table with every request_id hashing alike: lookups walk the chain and
+// compare ids, and undo and eviction keep the chain right.
+func TestDedupTableCollisions(t *testing.T) {
+	tb := newDedupTable()
+	tb.hash = func(string) uint64 { return 7 }
+	rec := func(id string, time int64) *persist.Dedup {
+		return &persist.Dedup{ID: id, Time: time, Body: []byte(`{"body":"` + id + `"}`), Fingerprint: [16]byte{byte(time)}}
+	}
+	body := func(id string) string {
+		d := tb.get(id)
+		if d == nil {
+			return "<none>"
+		}
+		return string(d.Body)
+	}
+	tb.add(rec("a", 1))
+	tb.add(rec("b", 2))
+	tb.add(rec("c", 3))
+	require.Equal(t, `{"body":"a"}`, body("a"))
+	require.Equal(t, `{"body":"c"}`, body("c"))
+	require.Equal(t, "<none>", body("d"))
+	tb.undoLast()
+	require.Equal(t, "<none>", body("c"))
+	require.Equal(t, `{"body":"b"}`, body("b"))
+	tb.evict(12, 10, 100) // a (time 1) is older than 10 ms
+	require.Equal(t, "<none>", body("a"))
+	require.Equal(t, `{"body":"b"}`, body("b"))
+	require.Equal(t, int64(2), tb.oldest())
+	tb.add(rec("a", 20))
+	require.Equal(t, [16]byte{20}, tb.get("a").Fingerprint, "the newest record of an id")
+	tb.evict(20, 100, 1) // the count cap keeps only the newest
+	require.Equal(t, "<none>", body("b"))
+	require.Equal(t, `{"body":"a"}`, body("a"))
+	require.Equal(t, []persist.Dedup{*rec("a", 20)}, tb.all())
+	tb.undoLast()
+	require.Equal(t, "<none>", body("a"))
+	require.Zero(t, tb.len())
+	require.Empty(t, tb.byHash)
+}

@@ -2,6 +2,7 @@ package actor
 
 import (
 	"encoding/json"
+	"hash/maphash"
 
 	"sessiond/persist"
 )
@@ -9,65 +10,108 @@ import (
 // dedupTable remembers the final outcome of requests that carried a request_id, oldest
 // first, for at least the configured window (time) unless the count cap is reached first.
 // Only the actor goroutine touches it.
+//
+// It holds up to a million records, so it is laid out for the garbage collector: one
+// allocation and two pointers a record (the request_id with the body, and a patch's
+// entry bytes), and an index keyed by a hash of the request_id, which holds no pointers
+// at all. A map of strings to *persist.Dedup cost four objects and about nine pointers a
+// record, and marking them took a share of every collection under load.
 type dedupTable struct {
-	m    map[string]*persist.Dedup
-	fifo []*persist.Dedup // insertion order; fifo[head:] are live
-	head int
+	hash   func(string) uint64
+	byHash map[uint64]uint64 // hash of a request_id -> seq+1 of the newest record with it
+	recs   []dedupRec        // recs[i] has seq base+i, oldest first
+	base   uint64
 }
 
-func newDedupTable() *dedupTable { return &dedupTable{m: make(map[string]*persist.Dedup)} }
+type dedupRec struct {
+	idBody []byte // the request_id's bytes, then the outcome's Body
+	frag   []byte // persist.Dedup.Frag: a patched entry's bytes, shared with the store
+	time   int64
+	hash   uint64
+	prev   uint64 // seq+1 of the next older record with the same hash; 0: none
+	idLen  int32
+	err    bool
+	fp     [16]byte
+}
 
-func (t *dedupTable) get(id string) *persist.Dedup { return t.m[id] }
+func newDedupTable() *dedupTable {
+	seed := maphash.MakeSeed()
+	return &dedupTable{hash: func(s string) uint64 { return maphash.String(seed, s) }, byHash: make(map[uint64]uint64)}
+}
 
-func (t *dedupTable) len() int { return len(t.fifo) - t.head }
+// get returns the newest record of id, or nil.
+func (t *dedupTable) get(id string) *persist.Dedup {
+	ref, ok := t.byHash[t.hash(id)]
+	for ok && ref > t.base {
+		r := &t.recs[ref-1-t.base]
+		if string(r.idBody[:r.idLen]) == id {
+			return &persist.Dedup{ID: id, Fingerprint: r.fp, Time: r.time, Err: r.err, Body: r.idBody[r.idLen:], Frag: r.frag}
+		}
+		ref, ok = r.prev, r.prev != 0
+	}
+	return nil
+}
 
+func (t *dedupTable) len() int { return len(t.recs) }
+
+// add records d, which is copied.
 func (t *dedupTable) add(d *persist.Dedup) {
-	t.m[d.ID] = d
-	t.fifo = append(t.fifo, d)
+	idBody := make([]byte, 0, len(d.ID)+len(d.Body))
+	idBody = append(append(idBody, d.ID...), d.Body...)
+	h := t.hash(d.ID)
+	seq := t.base + uint64(len(t.recs))
+	t.recs = append(t.recs, dedupRec{idBody: idBody, frag: d.Frag, time: d.Time, hash: h, prev: t.byHash[h],
+		idLen: int32(len(d.ID)), err: d.Err, fp: d.Fingerprint})
+	t.byHash[h] = seq + 1
 }
 
 // undoLast removes the newest record; the store's undo log calls it when a batch is
 // rolled back.
 func (t *dedupTable) undoLast() {
-	d := t.fifo[len(t.fifo)-1]
-	t.fifo[len(t.fifo)-1] = nil
-	t.fifo = t.fifo[:len(t.fifo)-1]
-	if t.m[d.ID] == d {
-		delete(t.m, d.ID)
+	r := t.recs[len(t.recs)-1]
+	t.recs[len(t.recs)-1] = dedupRec{}
+	t.recs = t.recs[:len(t.recs)-1]
+	if r.prev > t.base {
+		t.byHash[r.hash] = r.prev
+	} else {
+		delete(t.byHash, r.hash)
 	}
 }
 
 // evict drops records older than window (ms before now) or beyond max, oldest first.
 func (t *dedupTable) evict(now, window int64, max int) {
-	for t.len() > 0 {
-		d := t.fifo[t.head]
-		if t.len() <= max && now-d.Time <= window {
-			break
+	n := 0
+	for n < len(t.recs) && (len(t.recs)-n > max || now-t.recs[n].time > window) {
+		r := &t.recs[n]
+		if t.byHash[r.hash] == t.base+uint64(n)+1 {
+			delete(t.byHash, r.hash) // no newer record has its hash
 		}
-		if t.m[d.ID] == d {
-			delete(t.m, d.ID)
-		}
-		t.fifo[t.head] = nil
-		t.head++
+		*r = dedupRec{}
+		n++
 	}
-	if t.head > 1024 && t.head*2 > len(t.fifo) {
-		t.fifo = append([]*persist.Dedup(nil), t.fifo[t.head:]...)
-		t.head = 0
+	if n == 0 {
+		return
+	}
+	t.recs, t.base = t.recs[n:], t.base+uint64(n)
+	if cap(t.recs) > 1024 && len(t.recs) < cap(t.recs)/4 {
+		t.recs = append([]dedupRec(nil), t.recs...) // let the dropped head go
 	}
 }
 
 // oldest is the time of the oldest record held, or 0 when there is none.
 func (t *dedupTable) oldest() int64 {
-	if t.len() == 0 {
+	if len(t.recs) == 0 {
 		return 0
 	}
-	return t.fifo[t.head].Time
+	return t.recs[0].time
 }
 
 func (t *dedupTable) all() []persist.Dedup {
-	out := make([]persist.Dedup, 0, t.len())
-	for _, d := range t.fifo[t.head:] {
-		out = append(out, *d)
+	out := make([]persist.Dedup, 0, len(t.recs))
+	for i := range t.recs {
+		r := &t.recs[i]
+		out = append(out, persist.Dedup{ID: string(r.idBody[:r.idLen]), Fingerprint: r.fp, Time: r.time, Err: r.err,
+			Body: r.idBody[r.idLen:], Frag: r.frag})
 	}
 	return out
 }
