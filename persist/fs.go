@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -93,7 +94,9 @@ func (OS) TruncateSync(path string, size int64) error {
 // megabytes otherwise sits in the page cache until its fsync and reaches the disk in
 // one burst, and the journal's fsyncs (one per batch of writes) queue behind that burst
 // for tens of milliseconds. Paced, at most two stretches are in flight. Durability is
-// unchanged: the file is still fsync'd before it is used, and errors show there.
+// unchanged: the file is still fsync'd before it is used. A write error that
+// sync_file_range reports is returned by Write: reported once, it would not show at
+// the fsync again.
 func paced(p Pending) io.Writer {
 	sc, ok := p.(syscall.Conn)
 	if !ok {
@@ -114,23 +117,33 @@ type pacedWriter struct {
 	rc         syscall.RawConn
 	off        int64 // bytes written
 	start, end int64 // the stretch handed to the disk last, not yet waited for
+	unpaced    bool  // sync_file_range is not supported here: plain writes
 }
 
 func (p *pacedWriter) Write(b []byte) (int, error) {
 	n, err := p.w.Write(b)
 	p.off += int64(n)
-	if err != nil || p.off-p.end < pace {
+	if err != nil || p.unpaced || p.off-p.end < pace {
 		return n, err
 	}
 	// Start the new stretch, then wait for the one before it.
 	next, prevStart, prevEnd := p.off, p.start, p.end
-	_ = p.rc.Control(func(fd uintptr) {
-		_ = unix.SyncFileRange(int(fd), prevEnd, next-prevEnd, unix.SYNC_FILE_RANGE_WRITE)
-		if prevEnd > prevStart {
-			_ = unix.SyncFileRange(int(fd), prevStart, prevEnd-prevStart,
+	var serr error
+	if cerr := p.rc.Control(func(fd uintptr) {
+		serr = unix.SyncFileRange(int(fd), prevEnd, next-prevEnd, unix.SYNC_FILE_RANGE_WRITE)
+		if serr == nil && prevEnd > prevStart {
+			serr = unix.SyncFileRange(int(fd), prevStart, prevEnd-prevStart,
 				unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 		}
-	})
+	}); cerr != nil {
+		return n, cerr
+	}
+	switch {
+	case errors.Is(serr, unix.ENOSYS), errors.Is(serr, unix.EINVAL), errors.Is(serr, unix.ESPIPE):
+		p.unpaced = true
+	case serr != nil:
+		return n, os.NewSyscallError("sync_file_range", serr)
+	}
 	p.start, p.end = prevEnd, next
 	return n, nil
 }

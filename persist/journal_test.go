@@ -261,3 +261,34 @@ func TestWriteSnapshotPaced(t *testing.T) {
 	require.Equal(t, AppendStore(nil, frags), got)
 	require.Equal(t, int64(len(got)), id.Size)
 }
+
+// fdConn is a syscall.RawConn over a given descriptor.
+type fdConn struct{ fd uintptr }
+
+func (c fdConn) Control(f func(fd uintptr)) error { f(c.fd); return nil }
+func (fdConn) Read(func(uintptr) bool) error      { return nil }
+func (fdConn) Write(func(uintptr) bool) error     { return nil }
+
+// A write error sync_file_range reports comes out of Write: the kernel reports it
+// once, and the fsync after it would succeed. Where sync_file_range is not supported
+// (a pipe, say), writing carries on unpaced.
+func TestPacedWriterErrors(t *testing.T) {
+	chunk := make([]byte, pace)
+	var sink bytes.Buffer
+	bad := &pacedWriter{w: &sink, rc: fdConn{^uintptr(0)}} // no such descriptor: EBADF
+	_, err := bad.Write(chunk)
+	require.ErrorIs(t, err, syscall.EBADF)
+	require.ErrorContains(t, err, "sync_file_range")
+
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	defer r.Close()
+	defer w.Close()
+	pipe := &pacedWriter{w: &sink, rc: fdConn{w.Fd()}} // ESPIPE
+	for range 3 {
+		_, err := pipe.Write(chunk)
+		require.NoError(t, err)
+	}
+	require.True(t, pipe.unpaced, "unpaced from then on")
+	require.Equal(t, 4*pace, sink.Len())
+}
