@@ -131,15 +131,15 @@ type Actor struct {
 	}
 }
 
-// tailChange is a key written after base, at rev. A new journal rebuilds the records
-// after base from these and the store: one record per key, its current value (or its
-// deletion) at the revision that last changed it. That replays to the same state over
-// any snapshot since base as the records themselves would. Keeping keys instead of
-// frames keeps the tail to a few words a write; frames kept every version of every entry
-// written between two snapshots (gigabytes, with 50 KB entries patched quickly).
+// tailChange is a key written (or deleted) after base, at rev. A new journal rebuilds
+// the records after base from these and the store (see tailRecords). Keeping keys
+// instead of frames keeps the tail to a few words a write; frames kept every version of
+// every entry written between two snapshots (gigabytes, with 50 KB entries patched
+// quickly).
 type tailChange struct {
-	rev int64
-	key string
+	rev     int64
+	key     string
+	deleted bool
 }
 
 // maxFrameBuf bounds the frame buffer kept between batches, so that one batch of large
@@ -434,7 +434,7 @@ func (a *Actor) runBatch(first *request) {
 		frames = persist.AppendRecord(frames, rec)
 		if rec.Rev > 0 {
 			for _, op := range rec.Ops {
-				tail = append(tail, tailChange{rec.Rev, op.Key})
+				tail = append(tail, tailChange{rec.Rev, op.Key, op.Frag == nil})
 			}
 		}
 	}
@@ -606,24 +606,65 @@ func (a *Actor) journalContents() persist.Contents {
 	}
 }
 
-// tailRecords returns the records a new journal holds after base (see tailChange), in
-// revision order. Their values are entries' bytes, which are never modified in place.
+// tailRecords returns the records a new journal holds after base, at most three a key:
+//   - its last deletion, if it was deleted;
+//   - its current value at the revision of its first write after that deletion (or
+//     after base): where it was created, and so where it sits in the file;
+//   - its current value again at its current revision, if that is later.
+//
+// Replayed over any snapshot since base (base itself, an intent's, another writer's
+// file), these give every key the value, revision and place in the file that replaying
+// every record would. Records of one revision (a txn) keep their order. Their values
+// are entries' bytes, which are never modified in place.
 func (a *Actor) tailRecords() []persist.Record {
-	seen := make(map[string]bool, len(a.tail))
-	var recs []persist.Record
-	for i := len(a.tail) - 1; i >= 0; i-- {
-		c := a.tail[i]
-		if seen[c.key] {
-			continue
+	type span struct{ deleted, first, last int } // positions in a.tail; -1: none
+	spans := make(map[string]*span, len(a.tail))
+	var keys []string
+	for i, c := range a.tail {
+		s := spans[c.key]
+		if s == nil {
+			s = &span{-1, -1, -1}
+			spans[c.key] = s
+			keys = append(keys, c.key)
 		}
-		seen[c.key] = true
-		rec := persist.Record{Rev: c.rev, Ops: []persist.Op{{Key: c.key}}}
-		if e := a.st.get(c.key); e != nil {
-			rec.Rev, rec.Ops[0].Frag = e.rev, e.frag
+		switch {
+		case c.deleted:
+			s.deleted, s.first = i, -1
+		case s.first < 0:
+			s.first = i
 		}
-		recs = append(recs, rec)
+		s.last = i
 	}
-	slices.SortFunc(recs, func(x, y persist.Record) int { return cmp.Compare(x.Rev, y.Rev) })
+	type posRecord struct {
+		pos int
+		rec persist.Record
+	}
+	var out []posRecord
+	add := func(pos int, rev int64, key string, frag []byte) {
+		out = append(out, posRecord{pos, persist.Record{Rev: rev, Ops: []persist.Op{{Key: key, Frag: frag}}}})
+	}
+	for _, k := range keys {
+		s := spans[k]
+		if s.deleted >= 0 {
+			add(s.deleted, a.tail[s.deleted].rev, k, nil)
+		}
+		e := a.st.get(k)
+		switch {
+		case e == nil: // its last change was the deletion
+		case s.first < 0: // cannot happen: it exists, so it was written after the deletion
+			add(s.last, e.rev, k, e.frag)
+		default:
+			add(s.first, a.tail[s.first].rev, k, e.frag)
+			if e.rev != a.tail[s.first].rev {
+				add(s.last, e.rev, k, e.frag)
+			}
+		}
+	}
+	slices.SortFunc(out, func(x, y posRecord) int { return cmp.Or(cmp.Compare(x.rec.Rev, y.rec.Rev), cmp.Compare(x.pos, y.pos)) })
+	recs := make([]persist.Record, len(out))
+	for i := range out {
+		recs[i] = out[i].rec
+	}
 	return recs
 }
 

@@ -188,7 +188,7 @@ func (a *Actor) recover() error {
 			}
 		}
 		for _, op := range rec.Ops {
-			a.tail = append(a.tail, tailChange{rec.Rev, op.Key})
+			a.tail = append(a.tail, tailChange{rec.Rev, op.Key, op.Frag == nil})
 		}
 	}
 	// Entries with no known revision (a store opened for the first time, or one changed
