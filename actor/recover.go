@@ -30,42 +30,6 @@ func checkFrag(op persist.Op) error {
 	return nil
 }
 
-// ownBytes copies entries and journal records out of the file buffers they alias, so
-// that those buffers (the whole store, the whole journal) are freed after the load
-// instead of living as long as any one entry or dedup record loaded from them. Slices
-// of the same bytes (a patch's dedup record and its post-image) share one copy.
-func ownBytes(entries []persist.Entry, replay *persist.Replay) {
-	copies := make(map[*byte][]byte)
-	own := func(b []byte) []byte {
-		if len(b) == 0 {
-			return bytes.Clone(b) // nil stays nil, empty loses its pointer into the buffer
-		}
-		c, ok := copies[&b[0]]
-		if !ok || len(c) != len(b) {
-			c = bytes.Clone(b)
-			copies[&b[0]] = c
-		}
-		return c
-	}
-	for i := range entries {
-		entries[i].Frag = own(entries[i].Frag)
-	}
-	dedups := func(ds []persist.Dedup) {
-		for i := range ds {
-			ds[i].Frag, ds[i].Body = own(ds[i].Frag), own(ds[i].Body)
-		}
-	}
-	if replay.Checkpoint != nil {
-		dedups(replay.Checkpoint.Dedup)
-	}
-	for _, rec := range replay.Records {
-		for i := range rec.Ops {
-			rec.Ops[i].Frag = own(rec.Ops[i].Frag)
-		}
-		dedups(rec.Dedup)
-	}
-}
-
 // recover rebuilds the store at start: sessions.json as the base, the journal's
 // checkpoint and records on top, then writes a fresh journal (which also drops a torn
 // tail and gives the new process a descriptor no earlier failure has touched).
@@ -89,13 +53,6 @@ func (a *Actor) recover() error {
 	replay, err := persist.ReadJournal(fsys, a.journalPath)
 	if err != nil {
 		return err
-	}
-	if !a.dryRun {
-		ownBytes(entries, replay)
-		// The file buffers are garbage now, but the collector's goal was set while they
-		// and their copies were both alive: twice the store. Collecting now halves what
-		// the heap may grow to before the next collection.
-		runtime.GC()
 	}
 	if replay.TornAt >= 0 {
 		a.log.Warn("journal ends in an incomplete record, left by a crash during a write; it was never acknowledged and is cut off",
@@ -206,6 +163,14 @@ func (a *Actor) recover() error {
 	})
 	a.st.commit()
 	a.dedup.evict(a.cfg.Now().UnixMilli(), a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	if !a.dryRun {
+		a.st.ownFrags()
+		// The store file's buffer is garbage now (and the journal's, unless dedup records
+		// still point into it), but the collector's goal was set while it and the copies
+		// were both alive. Collecting now lowers what the heap may grow to before the
+		// next collection.
+		runtime.GC()
+	}
 
 	a.base = persist.SnapshotID{Rev: baseRev, Size: fileID.Size, CRC: fileID.CRC}
 	if cp == nil {

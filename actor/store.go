@@ -1,6 +1,7 @@
 package actor
 
 import (
+	"bytes"
 	"encoding/base64"
 	"sort"
 	"strconv"
@@ -79,6 +80,15 @@ func (s *store) fileSize() int64 {
 
 // set writes key: an existing key keeps its place, a new one goes last (or among the
 // index keys in numeric order).
+// ownFrags gives every entry bytes of its own. After a load they alias the file
+// buffers (the whole store, the whole journal), which would otherwise live as long as
+// any one entry loaded from them is unchanged.
+func (s *store) ownFrags() {
+	for _, e := range s.m {
+		e.frag = bytes.Clone(e.frag)
+	}
+}
+
 func (s *store) set(key string, frag []byte, rev int64) {
 	if e := s.m[key]; e != nil {
 		s.undo = append(s.undo, undo{kind: undoReplace, e: e, frag: e.frag, rev: e.rev})
