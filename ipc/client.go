@@ -28,8 +28,9 @@ var (
 	ErrClientClosed = errors.New("ipc client closed")
 	// ErrConnectionLost means the connection broke after the request was sent, so its
 	// outcome is unknown. The client retries such requests itself when a second execution
-	// is impossible (reads, and writes with a request_id: all but NoRequestID's); the caller sees
-	// it when the retry budget ran out, or from Call with a method it cannot prove safe.
+	// is impossible (reads, and writes with a request_id: all but NoRequestID's); the
+	// caller sees it when the retry budget ran out, or from Call with a method it cannot
+	// prove safe.
 	ErrConnectionLost = errors.New("connection lost, outcome unknown")
 )
 
@@ -347,10 +348,10 @@ func WithLogger(l *slog.Logger) ClientOption {
 //
 // Every method blocks until the response arrives, ctx is done, or retries give up.
 // Retries are transparent and never execute a request twice: writes carry a request_id
-// (the same on every attempt; see NoRequestID for the exception), reads have no effect. They cover busy (after at least
-// retry_after_ms), shutting_down and storage_error responses, a socket that is missing
-// or refuses (start-up, restart), and a connection lost with the outcome unknown; never
-// deadline_exceeded or the other errors. They stop at ctx's deadline (a retry that could
+// (the same on every attempt; NoRequestID is the exception), reads have no effect.
+// They cover busy (after at least retry_after_ms), shutting_down and storage_error
+// responses, a socket that is missing or refuses (start-up, restart), and a connection
+// lost with the outcome unknown; never deadline_exceeded or the other errors. They stop at ctx's deadline (a retry that could
 // not start before it is not attempted; the error then wraps context.DeadlineExceeded
 // and the last failure), or after WithRetryFor when ctx has none, or WithMaxAttempts.
 type Client struct {
