@@ -541,14 +541,6 @@ type Journal struct {
 // to w. It returns the first error of w.
 type Contents func(w io.Writer) error
 
-// Bytes is Contents that writes b.
-func Bytes(b []byte) Contents {
-	return func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	}
-}
-
 // CreateJournal atomically replaces the journal at path with one holding contents,
 // durable on return, and opens it for appending.
 func CreateJournal(fsys FS, path string, contents Contents) (*Journal, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,7 +128,10 @@ func TestJournalDamage(t *testing.T) {
 func TestJournalBrokenAfterFailure(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "j")
-	j, err := CreateJournal(OS{}, path, Bytes(sampleJournal()))
+	j, err := CreateJournal(OS{}, path, func(w io.Writer) error {
+		_, err := w.Write(sampleJournal())
+		return err
+	})
 	require.NoError(t, err)
 	require.NoError(t, j.Append(AppendRecord(nil, &Record{Rev: 8})))
 	require.NoError(t, j.Sync())
