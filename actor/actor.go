@@ -110,6 +110,7 @@ type Actor struct {
 	held        []heldReply          // error answers waiting until a failed journal is replaced
 	waiters     []flushWaiter
 	snapRunning bool
+	snapRev     int64 // the revision the running snapshot holds
 	snapAgain   bool
 	snapC       <-chan time.Time // snapshot timer, nil when not armed
 	syncC       <-chan time.Time // fsync timer for durable:false writes
@@ -606,32 +607,50 @@ func (a *Actor) journalContents() persist.Contents {
 	}
 }
 
-// tailRecords returns the records a new journal holds after base, at most three a key:
+// tailRecords returns the records a new journal holds after base, a few a key:
 //   - its last deletion, if it was deleted;
-//   - its current value at the revision of its first write after that deletion (or
-//     after base): where it was created, and so where it sits in the file;
+//   - its current value at the revision of its first write after that deletion and
+//     after each revision a replay may start from: where it was created, and so where it
+//     sits in the file, whichever of those files the replay starts from;
 //   - its current value again at its current revision, if that is later.
 //
-// Replayed over any snapshot since base (base itself, an intent's, another writer's
-// file), these give every key the value, revision and place in the file that replaying
-// every record would. Records of one revision (a txn) keep their order. Their values
-// are entries' bytes, which are never modified in place.
+// A replay starts after base, after an intent since base, or after a snapshot still
+// being written now, whose intent and done records will follow this journal's tail
+// (over sessiond's own file, or another writer's that kept only what that snapshot had).
+// From any of those, these records give every key the value, revision and place in the
+// file that replaying every record would. Records of one revision (a txn) keep their
+// order. Their values are entries' bytes, which are never modified in place.
 func (a *Actor) tailRecords() []persist.Record {
-	type span struct{ deleted, first, last int } // positions in a.tail; -1: none
+	bounds := []int64{a.base.Rev}
+	for _, id := range a.intentsOut {
+		bounds = append(bounds, id.Rev)
+	}
+	if a.snapRunning {
+		bounds = append(bounds, a.snapRev)
+	}
+	type span struct {
+		deleted, last int   // positions in a.tail; -1: none
+		first         []int // per bound: the first write after it and after deleted
+	}
 	spans := make(map[string]*span, len(a.tail))
 	var keys []string
 	for i, c := range a.tail {
 		s := spans[c.key]
 		if s == nil {
-			s = &span{-1, -1, -1}
+			s = &span{deleted: -1, first: slices.Repeat([]int{-1}, len(bounds))}
 			spans[c.key] = s
 			keys = append(keys, c.key)
 		}
-		switch {
-		case c.deleted:
-			s.deleted, s.first = i, -1
-		case s.first < 0:
-			s.first = i
+		for j, b := range bounds {
+			switch {
+			case c.deleted:
+				s.first[j] = -1
+			case s.first[j] < 0 && c.rev > b:
+				s.first[j] = i
+			}
+		}
+		if c.deleted {
+			s.deleted = i
 		}
 		s.last = i
 	}
@@ -649,15 +668,19 @@ func (a *Actor) tailRecords() []persist.Record {
 			add(s.deleted, a.tail[s.deleted].rev, k, nil)
 		}
 		e := a.st.get(k)
-		switch {
-		case e == nil: // its last change was the deletion
-		case s.first < 0: // cannot happen: it exists, so it was written after the deletion
-			add(s.last, e.rev, k, e.frag)
-		default:
-			add(s.first, a.tail[s.first].rev, k, e.frag)
-			if e.rev != a.tail[s.first].rev {
-				add(s.last, e.rev, k, e.frag)
+		if e == nil {
+			continue // its last change was the deletion
+		}
+		current := false
+		for j, pos := range s.first {
+			if pos < 0 || slices.Contains(s.first[:j], pos) {
+				continue
 			}
+			add(pos, a.tail[pos].rev, k, e.frag)
+			current = current || a.tail[pos].rev == e.rev
+		}
+		if !current {
+			add(s.last, e.rev, k, e.frag)
 		}
 	}
 	slices.SortFunc(out, func(x, y posRecord) int { return cmp.Or(cmp.Compare(x.rec.Rev, y.rec.Rev), cmp.Compare(x.pos, y.pos)) })
@@ -824,7 +847,7 @@ func (a *Actor) startSnapshot() {
 		a.snapAgain = true
 		return
 	}
-	a.snapRunning, a.snapAgain, a.snapC = true, false, nil
+	a.snapRunning, a.snapAgain, a.snapC, a.snapRev = true, false, nil, a.rev
 	rev, frags, expect := a.rev, a.st.frags(), a.stamp
 	go a.writeSnapshot(rev, frags, expect)
 }

@@ -9,6 +9,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1036,4 +1038,84 @@ func TestCompactedJournalKeepsOrder(t *testing.T) {
 	h.stopWithoutSnapshot()
 	h.start()
 	require.Equal(t, want, h.ok("list", `{"values":true}`))
+}
+
+// bufferFS notes when the buffers sessions.json and the journal were read into are
+// collected.
+type bufferFS struct {
+	*faultFS
+	collected map[string]*atomic.Bool // by path
+}
+
+func (f bufferFS) ReadFile(name string) ([]byte, error) {
+	b, err := f.faultFS.ReadFile(name)
+	if flag := f.collected[name]; err == nil && len(b) > 0 && flag != nil {
+		runtime.AddCleanup(&b[0], func(fl *atomic.Bool) { fl.Store(true) }, flag)
+	}
+	return b, err
+}
+
+// The collection at the end of a load frees both file buffers when no dedup record
+// points into the journal: a key the journal deletes leaves a tombstone that must not
+// keep the store's buffer, and the replayed records must not keep the journal's. The
+// collector is off but for the one the load forces (from a review).
+func TestLoadReleasesFileBuffers(t *testing.T) {
+	h := newHarness(t, nil).start()
+	big := strings.Repeat("x", 1<<20)
+	for _, k := range []string{"a", "b", "c"} {
+		h.ok("put", fmt.Sprintf(`{"key":%q,"value":{"s":%q}}`, k, big))
+	}
+	h.ok("flush", ``)
+	h.ok("delete", `{"key":"b"}`)
+	h.ok("patch", `{"key":"c","merge":{"n":1}}`)
+	h.stopWithoutSnapshot()
+	var store, journal atomic.Bool
+	h.cfg.FS = bufferFS{h.fs, map[string]*atomic.Bool{h.cfg.Store: &store, h.cfg.Store + ".journal": &journal}}
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	h.open()
+	require.Eventually(t, func() bool { return store.Load() && journal.Load() }, 5*time.Second, time.Millisecond,
+		"the buffers sessions.json and the journal were read into are still reachable")
+	h.run()
+	h.fails("get", `{"key":"b"}`, ReasonNotFound)
+	require.Equal(t, 1.0, h.ok("get", `{"key":"c"}`)["value"].(map[string]any)["n"])
+}
+
+// A journal rebuilt while a snapshot is being written: that snapshot's intent and done
+// records come after the rebuilt tail. If another writer then replaces sessions.json with
+// a file that lacks a key, the start replays what came after that snapshot, and the key
+// must come back where its first write after the snapshot put it (from a review).
+func TestRebuiltJournalDuringSnapshotKeepsOrder(t *testing.T) {
+	run := func(t *testing.T, rebuild bool) any {
+		h := newHarness(t, nil).start()
+		h.ok("put", `{"key":"k","value":{"v":1}}`)   // rev 1
+		h.ok("flush", ``)                            // base 1
+		h.ok("patch", `{"key":"k","merge":{"v":2}}`) // rev 2
+		entered, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		h.fs.setFail(func(op, path string) error {
+			if op == "create" && path == h.cfg.Store {
+				once.Do(func() { close(entered); <-release })
+			}
+			return nil
+		})
+		flushed := h.a.Submit("flush", nil) // the snapshot of rev 2, held before its intent
+		<-entered
+		h.fs.setFail(nil)
+		h.ok("patch", `{"key":"k","merge":{"v":3}}`) // rev 3
+		h.ok("put", `{"key":"m","value":{}}`)        // rev 4
+		h.ok("patch", `{"key":"k","merge":{"v":5}}`) // rev 5
+		if rebuild {
+			failOneJournalAppend(h)
+		}
+		close(release)
+		require.Nil(t, (<-flushed).Err)
+		h.stopWithoutSnapshot()
+		require.NoError(t, os.WriteFile(h.cfg.Store, []byte("{\n  \"z\": {}\n}"), 0o600)) // without k
+		h.start()
+		return h.ok("list", `{"values":true}`)["items"]
+	}
+	var want, got any
+	t.Run("original journal", func(t *testing.T) { want = run(t, false) })
+	t.Run("rebuilt journal", func(t *testing.T) { got = run(t, true) })
+	require.Equal(t, want, got)
 }

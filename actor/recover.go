@@ -163,17 +163,19 @@ func (a *Actor) recover() error {
 	})
 	a.st.commit()
 	a.dedup.evict(a.cfg.Now().UnixMilli(), a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	hasCheckpoint, journalSize := cp != nil, replay.Size
+	replay, cp = nil, nil // their records point into the journal's buffer
 	if !a.dryRun {
 		a.st.ownFrags()
-		// The store file's buffer is garbage now (and the journal's, unless dedup records
-		// still point into it), but the collector's goal was set while it and the copies
+		// The file buffers are garbage now (the journal's unless dedup records still
+		// point into it), but the collector's goal was set while they and the copies
 		// were both alive. Collecting now lowers what the heap may grow to before the
 		// next collection.
 		runtime.GC()
 	}
 
 	a.base = persist.SnapshotID{Rev: baseRev, Size: fileID.Size, CRC: fileID.CRC}
-	if cp == nil {
+	if !hasCheckpoint {
 		a.base.Rev = a.rev
 	}
 	if a.dryRun {
@@ -195,8 +197,8 @@ func (a *Actor) recover() error {
 	// the whole dedup window (which can be hundreds of megabytes) on the path of every
 	// start and restart. A new one is written when there is none, or when the state
 	// came from elsewhere (an import, another writer's file).
-	if cp != nil && matched && imported == 0 {
-		j, err := persist.OpenJournal(fsys, a.journalPath, replay.Size)
+	if hasCheckpoint && matched && imported == 0 {
+		j, err := persist.OpenJournal(fsys, a.journalPath, journalSize)
 		if err != nil {
 			return err
 		}

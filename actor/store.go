@@ -180,8 +180,13 @@ func (s *store) rollback(mark int, unDedup func()) {
 }
 
 // commit forgets the undo log and, between batches, drops tombstones once they are half
-// of the order.
+// of the order. A tombstone's bytes are dropped at once: only a rollback needed them.
 func (s *store) commit() {
+	for _, u := range s.undo {
+		if u.kind == undoDelete {
+			u.e.frag = nil
+		}
+	}
 	clear(s.undo)
 	s.undo = s.undo[:0]
 	if s.tombs > 1024 && s.tombs*2 > len(s.order) {
