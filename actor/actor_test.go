@@ -802,17 +802,7 @@ func TestCompactionCarriesWritesMadeMeanwhile(t *testing.T) {
 	for i := range 50 {
 		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"n":%d}}`, i%5, i))
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	h.fs.setFail(func(op, path string) error {
-		if op == "create" && strings.HasSuffix(path, ".journal") {
-			once.Do(func() {
-				close(entered)
-				<-release
-			})
-		}
-		return nil
-	})
+	entered, release := h.holdOnce("create", func(path string) bool { return strings.HasSuffix(path, ".journal") })
 	h.ok("flush", ``) // snapshot done: the compaction starts and blocks
 	<-entered
 	for i := range 30 {
@@ -992,6 +982,20 @@ func TestRebuiltJournalReplaysRandomHistory(t *testing.T) {
 	}
 }
 
+// holdOnce makes the first op on a path that matches block until release is closed;
+// entered is closed when it is reached. The caller clears the hook (h.fs.setFail(nil)).
+func (h *harness) holdOnce(op string, match func(path string) bool) (entered, release chan struct{}) {
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h.fs.setFail(func(o, path string) error {
+		if o == op && match(path) {
+			once.Do(func() { close(entered); <-release })
+		}
+		return nil
+	})
+	return entered, release
+}
+
 // failOneJournalAppend makes one journal append fail (a refused put): the actor cuts the
 // batch off and writes a new journal from memory.
 func failOneJournalAppend(h *harness) {
@@ -1014,14 +1018,7 @@ func TestCompactedJournalKeepsOrder(t *testing.T) {
 	for i := range 20 {
 		h.ok("put", fmt.Sprintf(`{"key":"pad%d","value":{"n":%d}}`, i, i))
 	}
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	h.fs.setFail(func(op, path string) error {
-		if op == "rename" && path == h.cfg.Store {
-			once.Do(func() { close(entered); <-release })
-		}
-		return nil
-	})
+	entered, release := h.holdOnce("rename", func(path string) bool { return path == h.cfg.Store })
 	flushed := h.a.Submit("flush", nil)
 	<-entered
 	h.ok("put", `{"key":"a","value":{}}`)
@@ -1090,14 +1087,7 @@ func TestRebuiltJournalDuringSnapshotKeepsOrder(t *testing.T) {
 		h.ok("put", `{"key":"k","value":{"v":1}}`)   // rev 1
 		h.ok("flush", ``)                            // base 1
 		h.ok("patch", `{"key":"k","merge":{"v":2}}`) // rev 2
-		entered, release := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		h.fs.setFail(func(op, path string) error {
-			if op == "create" && path == h.cfg.Store {
-				once.Do(func() { close(entered); <-release })
-			}
-			return nil
-		})
+		entered, release := h.holdOnce("create", func(path string) bool { return path == h.cfg.Store })
 		flushed := h.a.Submit("flush", nil) // the snapshot of rev 2, held before its intent
 		<-entered
 		h.fs.setFail(nil)
