@@ -20,12 +20,12 @@ import (
 func mountTmpfs(t *testing.T, size string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs (CI runs as root)")
+		skipUnlessRequired(t, "needs root to mount a tmpfs")
 	}
 	mnt := filepath.Join(newDir(t), "m")
 	require.NoError(t, os.Mkdir(mnt, 0o700))
 	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
-		t.Skipf("cannot mount a tmpfs here (%v); this failing-disk case needs one", err)
+		skipUnlessRequired(t, fmt.Sprintf("cannot mount a tmpfs here (%v); this failing-disk case needs one", err))
 	}
 	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
 	return mnt

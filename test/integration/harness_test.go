@@ -289,3 +289,14 @@ func readerMain(path string) int {
 		}
 	}
 }
+
+// skipUnlessRequired skips a test that this machine cannot run (it needs root), unless
+// SESSIOND_TEST_ALL is set, as .ci/run sets it: there the test fails instead, so that CI
+// can never pass without having run it.
+func skipUnlessRequired(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("SESSIOND_TEST_ALL") != "" {
+		t.Fatalf("SESSIOND_TEST_ALL is set but this test cannot run here: %s", why)
+	}
+	t.Skip(why + " (CI runs it: SESSIOND_TEST_ALL)")
+}

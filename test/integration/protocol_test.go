@@ -639,7 +639,7 @@ func TestShuttingDown(t *testing.T) {
 // world-writable: the peer check refuses it (and only it); --allow-uid/--allow-gid let it in.
 func TestPermissionDenied(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run a client as uid 65534 (SysProcAttr.Credential)")
+		skipUnlessRequired(t, "needs root to run a client as uid 65534 (SysProcAttr.Credential)")
 	}
 	// uid 65534 must be able to run the binary and reach the socket.
 	require.NoError(t, os.Chmod(filepath.Dir(bin), 0o755))
