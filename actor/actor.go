@@ -124,6 +124,10 @@ type Actor struct {
 	compactDelta []byte             // frames appended since the compaction began
 	frameBuf     []byte             // a batch's frames, reused: nothing keeps them after the append
 	compactDone  chan compactResult // from the compaction goroutine; buffered
+	// unsynced are the dedup records whose frames are appended but not fsync'd. They
+	// keep their bytes until then: after a failed fsync a new journal is written from
+	// memory, not from a file whose pages the kernel may have dropped.
+	unsynced []uint64
 
 	stats struct {
 		rev, durableRev, snapshotRev, bytes, dedupOldest atomic.Int64
@@ -411,10 +415,11 @@ func (a *Actor) runBatch(first *request) {
 	}
 	now := a.cfg.Now().UnixMilli()
 	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
-	mark, startRev := a.st.mark(), a.rev
+	mark, startRev, dedupMark := a.st.mark(), a.rev, a.dedup.end()
 	replies := make([]Reply, len(batch))
 	frames := a.frameBuf[:0]
 	var tail []tailChange
+	var refs []persist.FragRef // of the batch's dedup records, in frames
 	firstWrite, needSync := -1, false
 	for i, r := range batch {
 		if r.kind == kindFlush {
@@ -433,6 +438,9 @@ func (a *Actor) runBatch(first *request) {
 			firstWrite = i
 		}
 		frames = persist.AppendRecord(frames, rec)
+		for _, d := range rec.Dedup {
+			refs = append(refs, d.Ref)
+		}
 		if rec.Rev > 0 {
 			for _, op := range rec.Ops {
 				tail = append(tail, tailChange{rec.Rev, op.Key, op.Frag == nil})
@@ -485,6 +493,14 @@ func (a *Actor) runBatch(first *request) {
 				a.syncC = time.After(a.cfg.SyncInterval)
 			}
 			a.tail = append(a.tail, tail...)
+			for i, ref := range refs {
+				ref.At += pre
+				a.dedup.setRef(dedupMark+uint64(i), ref)
+				a.unsynced = append(a.unsynced, dedupMark+uint64(i))
+			}
+			if needSync {
+				a.synced()
+			}
 		}
 	}
 	if cap(frames) <= maxFrameBuf {
@@ -559,6 +575,16 @@ func (a *Actor) syncJournal() {
 		return
 	}
 	a.durableRev = a.appendedRev
+	a.synced()
+}
+
+// synced drops the bytes of dedup records whose frames were just fsync'd: retries read
+// them from the journal.
+func (a *Actor) synced() {
+	for _, seq := range a.unsynced {
+		a.dedup.dropFrag(seq)
+	}
+	a.unsynced = a.unsynced[:0]
 }
 
 // replaceBrokenJournal writes a new journal from memory after a failure. The old file is
@@ -574,36 +600,55 @@ func (a *Actor) replaceBrokenJournal() {
 	a.log.Info("journal replaced; writes are accepted again")
 }
 
-// journalContents is what a new journal starts with: a checkpoint of the current state
-// (the revisions of every key and the dedup records), the intents since the last
-// snapshot, and the records after it. The func it returns encodes them a frame at a time
-// and only reads values that are never modified in place, so it may run on another
-// goroutine.
-func (a *Actor) journalContents() persist.Contents {
-	cp := &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
-	cp.Revs = make([]persist.KeyRev, 0, a.st.len())
+// journalPlan is what a new journal starts with: a checkpoint of the current state (the
+// revisions of every key and the dedup records), the intents since the last snapshot,
+// and the records after it. write encodes them a frame at a time and only reads values
+// that are never modified in place, and outcomes from the old journal's file, so it may
+// run on another goroutine.
+type journalPlan struct {
+	cp       *persist.Checkpoint // once written, its dedup records' refs are into the new journal
+	dedupSeq uint64              // the seq of cp.Dedup[0]
+	intents  []persist.SnapshotID
+	tail     []persist.Record
+}
+
+func (a *Actor) journalContents() *journalPlan {
+	p := &journalPlan{dedupSeq: a.dedup.base, intents: slices.Clone(a.intentsOut), tail: a.tailRecords()}
+	p.cp = &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
+	if a.journal != nil {
+		p.cp.Frags = a.journal.Reader()
+	}
+	p.cp.Revs = make([]persist.KeyRev, 0, a.st.len())
 	a.st.each(cursor{}, func(e *entry) bool {
-		cp.Revs = append(cp.Revs, persist.KeyRev{Key: e.key, Rev: e.rev})
+		p.cp.Revs = append(p.cp.Revs, persist.KeyRev{Key: e.key, Rev: e.rev})
 		return true
 	})
-	intents := slices.Clone(a.intentsOut)
-	tail := a.tailRecords()
-	return func(w io.Writer) error {
-		if err := persist.WriteCheckpoint(w, cp); err != nil {
+	return p
+}
+
+func (p *journalPlan) write(w io.Writer) error {
+	if err := persist.WriteCheckpoint(w, p.cp); err != nil {
+		return err
+	}
+	var b []byte
+	for _, id := range p.intents {
+		b = persist.AppendIntent(b, id)
+	}
+	for i := range p.tail {
+		if _, err := w.Write(b); err != nil {
 			return err
 		}
-		var b []byte
-		for _, id := range intents {
-			b = persist.AppendIntent(b, id)
-		}
-		for i := range tail {
-			if _, err := w.Write(b); err != nil {
-				return err
-			}
-			b = persist.AppendRecord(b[:0], &tail[i])
-		}
-		_, err := w.Write(b)
-		return err
+		b = persist.AppendRecord(b[:0], &p.tail[i])
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// placeDedup points the dedup records p's checkpoint holds at their bytes in the
+// journal p was written to, before the actor switches to it.
+func (a *Actor) placeDedup(p *journalPlan) {
+	for i := range p.cp.Dedup {
+		a.dedup.place(p.dedupSeq+uint64(i), p.cp.Dedup[i].Ref)
 	}
 }
 
@@ -694,14 +739,18 @@ func (a *Actor) tailRecords() []persist.Record {
 // rewriteJournal writes a new journal from memory at once and switches appends to it.
 // It supersedes a compaction under way.
 func (a *Actor) rewriteJournal() error {
-	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, a.journalContents())
+	plan := a.journalContents()
+	j, err := persist.CreateJournal(a.cfg.FS, a.journalPath, plan.write)
 	if err != nil {
 		return err
 	}
+	a.placeDedup(plan)
 	a.switchJournal(j)
 	return nil
 }
 
+// switchJournal makes j the journal appends go to. It holds everything in memory
+// durably, and the dedup records' refs point into it already.
 func (a *Actor) switchJournal(j *persist.Journal) {
 	if a.journal != nil {
 		a.journal.Close()
@@ -711,6 +760,7 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 	a.appendedRev, a.durableRev = a.rev, a.rev
 	a.compactGen++ // a compaction started before this is stale
 	a.compactDelta = nil
+	a.synced()
 	// Everything in memory is durable in the new journal and nothing of a failed batch
 	// is in it: the answers held for that are true now.
 	a.journalErr = nil
@@ -760,21 +810,23 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 	// must hold, so writers do not wait for it; frames appended meanwhile are kept in
 	// compactDelta and added when it is put in place.
 	a.compacting, a.compactDelta = true, nil
-	gen, contents := a.compactGen, a.journalContents()
-	before := a.journal.Size()
+	gen, plan := a.compactGen, a.journalContents()
+	before, dedupEnd := a.journal.Size(), a.dedup.end()
 	go func() {
 		start := time.Now()
-		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, contents)
-		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start}
+		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, plan.write)
+		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start, plan: plan, dedupEnd: dedupEnd}
 	}()
 }
 
 type compactResult struct {
-	gen    uint64
-	next   *persist.NextJournal
-	err    error
-	before int64
-	start  time.Time
+	gen      uint64
+	next     *persist.NextJournal
+	err      error
+	before   int64
+	start    time.Time
+	plan     *journalPlan
+	dedupEnd uint64 // dedup records from this seq on came later, in the delta
 }
 
 // finishCompaction puts the new journal in place with the frames appended meanwhile.
@@ -783,24 +835,31 @@ func (a *Actor) finishCompaction(res compactResult) {
 	delta := a.compactDelta
 	a.compactDelta = nil
 	switch {
+	case res.gen != a.compactGen || a.journal.Broken() != nil:
+		// A rewrite after a failure replaced the journal meanwhile (and closed the
+		// file the compaction read outcomes from).
+		if res.next != nil {
+			res.next.Abort()
+		}
+		return
 	case res.err != nil:
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", res.err)
-		return
-	case res.gen != a.compactGen || a.journal.Broken() != nil:
-		res.next.Abort() // a rewrite after a failure replaced the journal meanwhile
 		return
 	}
 	j, err := res.next.Commit(delta)
 	if err != nil {
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
 		if errors.Is(err, persist.ErrReplaced) {
-			// The path names the new file now: the old one must not take appends.
+			// The path names the new file now: the old one must not take appends. It
+			// stays open: the new journal written from memory copies outcomes from it.
 			a.journalErr = err
-			a.journal.Close()
+			a.journal.Retire(err)
 			a.replaceBrokenJournal()
 		}
 		return
 	}
+	a.placeDedup(res.plan)
+	a.dedup.shift(res.dedupEnd, j.Size()-int64(len(delta))-res.before)
 	a.switchJournal(j)
 	a.log.Info("journal compacted", "before", res.before, "after", j.Size(), "delta", len(delta),
 		"took", time.Since(res.start).Round(time.Millisecond))

@@ -1109,3 +1109,137 @@ func TestRebuiltJournalDuringSnapshotKeepsOrder(t *testing.T) {
 	t.Run("rebuilt journal", func(t *testing.T) { got = run(t, true) })
 	require.Equal(t, want, got)
 }
+
+// patchOutcomes makes n patches with request_ids (every third one durable:false) and
+// moves each key on with a patch without one, so that a retry can only be answered
+// from the journal. It returns the requests and their answers.
+func patchOutcomes(h *harness, prefix string, n int) (reqs []string, want []map[string]any) {
+	h.t.Helper()
+	for i := range n {
+		req := fmt.Sprintf(`{"key":"k%d","merge":{"n":%d,"pad":%q},"request_id":"%s%d","durable":%v}`,
+			i%4, i, strings.Repeat("x", 300), prefix, i, i%3 != 0)
+		reqs, want = append(reqs, req), append(want, h.ok("patch", req))
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"later":%d}}`, i%4, i))
+	}
+	return reqs, want
+}
+
+func retriesAnswer(h *harness, reqs []string, want []map[string]any, when string) {
+	h.t.Helper()
+	for i, req := range reqs {
+		require.Equal(h.t, want[i], h.ok("patch", req), "%s: %s", when, req)
+	}
+}
+
+// A patch's outcome (the whole merged entry) is not kept in memory once its record is
+// durable in the journal: a retry reads it back. Every way the journal is replaced
+// (compaction with writes made meanwhile, a rewrite after a failure, a start that keeps
+// or rebuilds it) moves the outcomes with it.
+func TestPatchOutcomesLiveInTheJournal(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes = 4096 }).start()
+	reqs, want := patchOutcomes(h, "a", 30)
+	retriesAnswer(h, reqs, want, "from the journal")
+
+	entered, release := h.holdOnce("create", func(path string) bool { return strings.HasSuffix(path, ".journal") })
+	h.ok("flush", ``) // the snapshot is done: a compaction starts and blocks
+	<-entered
+	r2, w2 := patchOutcomes(h, "b", 20) // in the old journal, then in the new one's delta
+	reqs, want = append(reqs, r2...), append(want, w2...)
+	close(release)
+	require.Eventually(t, func() bool { // the new journal is in place
+		r, err := persist.ReadJournal(persist.OS{}, h.cfg.Store+".journal")
+		return err == nil && r.Checkpoint != nil && len(r.Checkpoint.Dedup) > 0
+	}, 5*time.Second, time.Millisecond)
+	h.fs.setFail(nil)
+	retriesAnswer(h, reqs, want, "after a compaction")
+
+	failOneJournalAppend(h)
+	retriesAnswer(h, reqs, want, "after a rewrite")
+	h.restart()
+	retriesAnswer(h, reqs, want, "after a start that kept the journal")
+	h.ok("put", `{"key":"z","value":{}}`)
+	h.stopWithoutSnapshot()
+	require.NoError(t, os.WriteFile(h.cfg.Store, []byte(`{"other": {}}`), 0o600)) // another writer's file
+	h.start()
+	retriesAnswer(h, reqs, want, "after a start that rebuilt the journal")
+
+	require.NoError(t, h.stop())
+	held := 0
+	for _, r := range h.a.dedup.recs {
+		require.NotZero(t, r.ref.Len, "every outcome is a patch's")
+		if r.frag != nil {
+			held++
+		}
+	}
+	require.Zero(t, held, "outcomes held in memory")
+}
+
+// A durable:false patch's outcome stays in memory until its frame is fsync'd: if the
+// fsync fails, the new journal is written from memory, not from pages that may be lost.
+// Here reading the old journal fails too, and the rewrite still works.
+func TestUnsyncedOutcomeKeptForRewrite(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SyncInterval = time.Hour }).start()
+	req := `{"key":"k","merge":{"v":1},"request_id":"r","durable":false}`
+	first := h.ok("patch", req)
+	h.ok("patch", `{"key":"k","merge":{"v":2},"durable":false}`)
+	var failed atomic.Bool
+	h.fs.setFail(func(op, path string) error {
+		switch {
+		case !strings.HasSuffix(path, ".journal"):
+		case op == "read":
+			return syscall.EIO
+		case op == "sync" && failed.CompareAndSwap(false, true):
+			return syscall.EIO
+		}
+		return nil
+	})
+	h.fails("put", `{"key":"x","value":{}}`, ReasonStorage) // its fsync fails; a rewrite replaces the journal
+	require.True(t, failed.Load())
+	require.Empty(t, h.a.Stats().Degraded)
+	h.fs.setFail(nil)
+	require.Equal(t, first, h.ok("patch", req))
+}
+
+// An outcome that cannot be read back is an error that says the request was executed:
+// executed: false would tell the client that the patch never happened.
+func TestUnreadableOutcome(t *testing.T) {
+	h := newHarness(t, nil).start()
+	req := `{"key":"k","merge":{"v":1},"request_id":"r"}`
+	first := h.ok("patch", req)
+	h.ok("patch", `{"key":"k","merge":{"v":2}}`)
+	h.fs.setFail(func(op, path string) error {
+		if op == "read" {
+			return syscall.EIO
+		}
+		return nil
+	})
+	e := h.fails("patch", req, ReasonInternal)
+	require.True(t, e.Executed)
+	require.False(t, e.Retryable)
+	require.Contains(t, e.Message, "was executed")
+	h.fs.setFail(nil)
+	require.Equal(t, first, h.ok("patch", req))
+	require.Equal(t, 2.0, h.ok("get", `{"key":"k"}`)["value"].(map[string]any)["v"])
+}
+
+// A compaction whose new journal was renamed into place but could not be opened leaves
+// the old journal retired, not closed: the journal written from memory next copies the
+// outcomes from it.
+func TestOutcomesSurviveReplacedJournal(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes = 4096 }).start()
+	reqs, want := patchOutcomes(h, "a", 30)
+	var failed atomic.Bool
+	h.fs.setFail(func(op, path string) error {
+		if op == "open" && strings.HasSuffix(path, ".journal") && failed.CompareAndSwap(false, true) {
+			return syscall.EIO
+		}
+		return nil
+	})
+	h.ok("flush", ``) // the compaction starts after the snapshot
+	require.Eventually(t, failed.Load, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return h.a.Stats().Degraded == "" }, 5*time.Second, time.Millisecond)
+	h.fs.setFail(nil)
+	retriesAnswer(h, reqs, want, "after the rewrite")
+	h.restart()
+	retriesAnswer(h, reqs, want, "after a restart")
+}

@@ -23,7 +23,7 @@ func (a *Actor) apply(r *request, now int64) (Reply, *persist.Record) {
 				return Reply{Err: errorf(ReasonRequestIDReused, false,
 					"request_id %q was used before for a different request", r.requestID)}, nil
 			}
-			return decodeOutcome(d), nil
+			return a.outcome(d), nil
 		}
 	}
 	if r.deadline > 0 && now > r.deadline {

@@ -104,6 +104,13 @@ func (w *faultFile) Sync() error {
 	return w.f.Sync()
 }
 
+func (w *faultFile) ReadAt(p []byte, off int64) (int, error) {
+	if err := w.fs.check("read", w.path); err != nil {
+		return 0, err
+	}
+	return w.f.ReadAt(p, off)
+}
+
 func (w *faultFile) Close() error { return w.f.Close() }
 
 type faultPending struct {

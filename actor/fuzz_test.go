@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"sessiond/persist"
 )
 
@@ -13,8 +15,9 @@ import (
 // clean error or gives a store that serves, and the read-only check agrees with the real
 // load.
 func FuzzJournalReplay(f *testing.F) {
-	cp := persist.AppendCheckpoint(nil, &persist.Checkpoint{Rev: 2, Snapshot: persist.SnapshotID{Rev: 1, Size: -1},
+	cp, err := persist.AppendCheckpoint(nil, &persist.Checkpoint{Rev: 2, Snapshot: persist.SnapshotID{Rev: 1, Size: -1},
 		Revs: []persist.KeyRev{{Key: "a", Rev: 1}}})
+	require.NoError(f, err)
 	rec := persist.AppendRecord(nil, &persist.Record{Rev: 3, Ops: []persist.Op{{Key: "b", Frag: []byte(`  "b": {}`)}, {Key: "a"}}})
 	f.Add(cp)
 	f.Add(slices.Concat(cp, rec))

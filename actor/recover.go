@@ -163,14 +163,22 @@ func (a *Actor) recover() error {
 	})
 	a.st.commit()
 	a.dedup.evict(a.cfg.Now().UnixMilli(), a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
+	// A journal that matches the file is kept and appended to: rewriting it would put
+	// the whole dedup window (which can be hundreds of megabytes) on the path of every
+	// start and restart. A new one is written when there is none, or when the state
+	// came from elsewhere (an import, another writer's file).
+	keepJournal := cp != nil && matched && imported == 0
 	hasCheckpoint, journalSize := cp != nil, replay.Size
 	replay, cp = nil, nil // their records point into the journal's buffer
 	if !a.dryRun {
+		if keepJournal {
+			a.dedup.dropFrags() // a retry reads its outcome from the file
+		}
 		a.st.ownFrags()
 		// The file buffers are garbage now (the journal's unless dedup records still
-		// point into it), but the collector's goal was set while they and the copies
-		// were both alive. Collecting now lowers what the heap may grow to before the
-		// next collection.
+		// point into it, until a new journal is written), but the collector's goal was
+		// set while they and the copies were both alive. Collecting now lowers what the
+		// heap may grow to before the next collection.
 		runtime.GC()
 	}
 
@@ -193,11 +201,7 @@ func (a *Actor) recover() error {
 	if a.stamp, err = persist.StatStamp(fsys, path); err != nil {
 		return err
 	}
-	// A journal that matches the file is kept and appended to: rewriting it would put
-	// the whole dedup window (which can be hundreds of megabytes) on the path of every
-	// start and restart. A new one is written when there is none, or when the state
-	// came from elsewhere (an import, another writer's file).
-	if hasCheckpoint && matched && imported == 0 {
+	if keepJournal {
 		j, err := persist.OpenJournal(fsys, a.journalPath, journalSize)
 		if err != nil {
 			return err

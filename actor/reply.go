@@ -20,13 +20,16 @@ const (
 	ReasonInternal        = "internal_error"
 )
 
-// Error is a request that failed. Every Error the actor returns means the request had
-// no effect (executed: false on the wire) and never will.
+// Error is a request that failed. An Error the actor returns means the request had no
+// effect (executed: false on the wire) and never will, unless Executed says otherwise.
 type Error struct {
-	Reason    string         // one of the Reason constants
-	Message   string         // for humans
-	Retryable bool           // the same request may succeed later
-	Data      map[string]any // extra error.data fields: current_rev, index, retry_after_ms, limit
+	Reason    string // one of the Reason constants
+	Message   string // for humans
+	Retryable bool   // the same request may succeed later
+	// Executed: the request did take effect, but its result cannot be given (a
+	// request_id's stored outcome that can no longer be read).
+	Executed bool
+	Data     map[string]any // extra error.data fields: current_rev, index, retry_after_ms, limit
 }
 
 func (e *Error) Error() string { return e.Reason + ": " + e.Message }

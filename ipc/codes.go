@@ -57,9 +57,10 @@ func appendResult(b, id, result []byte) []byte {
 
 // appendError appends one error response (no newline). reason must be a key of wireErrors
 // (callers map unknown reasons to internal_error first, and log them). data holds extra
-// error.data fields; it cannot override reason, retryable or executed. It reports the first
+// error.data fields; it cannot override reason, retryable or executed. executed is true
+// only for the rare error about a request that did take effect. It reports the first
 // data value that cannot be encoded; that field is left out.
-func appendError(b, id []byte, reason, message string, data map[string]any) ([]byte, error) {
+func appendError(b, id []byte, reason, message string, data map[string]any, executed bool) ([]byte, error) {
 	we := wireErrors[reason]
 	b = append(b, `{"jsonrpc":"2.0","id":`...)
 	b = append(b, id...)
@@ -71,7 +72,8 @@ func appendError(b, id []byte, reason, message string, data map[string]any) ([]b
 	b = appendString(b, reason)
 	b = append(b, `,"retryable":`...)
 	b = strconv.AppendBool(b, we.retryable)
-	b = append(b, `,"executed":false`...)
+	b = append(b, `,"executed":`...)
+	b = strconv.AppendBool(b, executed)
 	var firstErr error
 	for _, k := range slices.Sorted(maps.Keys(data)) {
 		switch k {

@@ -288,12 +288,12 @@ func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
 	switch {
 	case draining:
 		p.reason = actor.ReasonShuttingDown
-		p.msg, _ = appendError(nil, id, p.reason, "server is going away; retry on a new connection", nil)
+		p.msg, _ = appendError(nil, id, p.reason, "server is going away; retry on a new connection", nil, false)
 	case method == "status":
 		result, err := c.srv.status()
 		if err != nil {
 			c.log.Error("encoding status", "err", err)
-			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "encoding status failed", nil)
+			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "encoding status failed", nil, false)
 		} else {
 			p.msg = appendResult(nil, id, result)
 		}
@@ -301,7 +301,7 @@ func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
 		p.reply = c.srv.cfg.Backend.Submit(method, params)
 		if p.reply == nil {
 			c.log.Error("backend returned no reply channel", "method", method)
-			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "request was not queued", nil)
+			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "request was not queued", nil, false)
 		}
 	}
 	return p, true
@@ -309,7 +309,7 @@ func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
 
 // errorPart is an answer with id null, for lines that are not requests.
 func (c *conn) errorPart(reason, message string, data map[string]any) part {
-	msg, _ := appendError(nil, nullID, reason, message, data)
+	msg, _ := appendError(nil, nullID, reason, message, data, false)
 	if c.log.Enabled(context.Background(), slog.LevelDebug) {
 		c.log.Debug("bad request line", "reason", reason, "err", message)
 	}
@@ -516,7 +516,7 @@ func (w *writer) appendPart(b []byte, p part) ([]byte, error) {
 			c.log.Error("backend error with unknown reason", "reason", reason, "message", r.Err.Message, "method", p.method)
 			reason = actor.ReasonInternal
 		}
-		b, err = appendError(b, p.id, reason, r.Err.Message, r.Err.Data)
+		b, err = appendError(b, p.id, reason, r.Err.Message, r.Err.Data, r.Err.Executed)
 		if err != nil {
 			c.log.Error("encoding error data", "method", p.method, "err", err)
 		}
@@ -524,7 +524,7 @@ func (w *writer) appendPart(b []byte, p part) ([]byte, error) {
 		return b, nil
 	case len(r.Result) == 0:
 		c.log.Error("backend reply with neither result nor error", "method", p.method)
-		b, _ = appendError(b, p.id, actor.ReasonInternal, "empty reply", nil)
+		b, _ = appendError(b, p.id, actor.ReasonInternal, "empty reply", nil, false)
 		w.logAnswer(p, actor.ReasonInternal)
 		return b, nil
 	case bytes.IndexByte(r.Result, '\n') >= 0:
@@ -532,7 +532,7 @@ func (w *writer) appendPart(b []byte, p part) ([]byte, error) {
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, r.Result); err != nil {
 			c.log.Error("backend result is not JSON", "method", p.method, "err", err)
-			b, _ = appendError(b, p.id, actor.ReasonInternal, "invalid result", nil)
+			b, _ = appendError(b, p.id, actor.ReasonInternal, "invalid result", nil, false)
 			w.logAnswer(p, actor.ReasonInternal)
 			return b, nil
 		}

@@ -245,7 +245,7 @@ func (s *Server) admit(nc *net.UnixConn) {
 		} else {
 			s.log.Warn("connection refused: peer not allowed", "uid", cred.Uid, "gid", cred.Gid, "pid", cred.Pid)
 		}
-		msg, _ := appendError(nil, nullID, reasonPermissionDenied, "peer is not allowed to connect", nil)
+		msg, _ := appendError(nil, nullID, reasonPermissionDenied, "peer is not allowed to connect", nil, false)
 		s.reject(nc, msg)
 		return
 	}
@@ -261,7 +261,7 @@ func (s *Server) admit(nc *net.UnixConn) {
 		s.log.Warn("connection refused: too many connections", "max_conns", s.cfg.MaxConns, "uid", cred.Uid, "pid", cred.Pid)
 		msg, _ := appendError(nil, nullID, actor.ReasonBusy,
 			fmt.Sprintf("too many connections (max %d)", s.cfg.MaxConns),
-			map[string]any{"retry_after_ms": busyRetryAfter.Milliseconds()})
+			map[string]any{"retry_after_ms": busyRetryAfter.Milliseconds()}, false)
 		s.reject(nc, msg)
 		return
 	}

@@ -540,6 +540,7 @@ func TestBackendReplies(t *testing.T) {
 		"bad data":  {Err: &actor.Error{Reason: actor.ReasonNotFound, Message: "gone", Data: map[string]any{"ch": make(chan int), "key": "k"}}},
 		"multiline": {Result: []byte("{\n  \"a\": [1,\n 2],\n  \"s\": \"<&>\"\n}")},
 		"empty":     {},
+		"executed":  {Err: &actor.Error{Reason: actor.ReasonInternal, Message: "result lost", Executed: true}},
 	}
 	backend := &fakeBackend{submit: func(method string, _ []byte) <-chan actor.Reply {
 		return replyNow(replies[method])
@@ -582,6 +583,12 @@ func TestBackendReplies(t *testing.T) {
 
 	c.send(req("2", "multiline", ""))
 	require.Equal(t, `{"jsonrpc":"2.0","id":2,"result":{"a":[1,2],"s":"<&>"}}`, c.line())
+
+	// The one error about a request that did take effect says so.
+	c.send(req("3", "executed", ""))
+	m = c.recv()
+	require.Equal(t, -32603, m.Error.Code)
+	require.Equal(t, map[string]any{"reason": "internal_error", "retryable": false, "executed": true}, m.Error.Data)
 }
 
 func TestStatus(t *testing.T) {

@@ -23,7 +23,7 @@ type FS interface {
 	// NewPending starts a file that replaces path atomically (temp file in the same
 	// directory, mode 0600).
 	NewPending(path string) (Pending, error)
-	// OpenAppend opens an existing file for appending.
+	// OpenAppend opens an existing file for appending, and for reading at an offset.
 	OpenAppend(path string) (File, error)
 	// SyncDir fsyncs a directory so that a rename in it survives power loss.
 	SyncDir(dir string) error
@@ -32,9 +32,10 @@ type FS interface {
 	TruncateSync(path string, size int64) error
 }
 
-// File is an open file that is written and synced.
+// File is an open file that is written and synced, and read at an offset.
 type File interface {
 	io.Writer
+	io.ReaderAt
 	Sync() error
 	Close() error
 }
@@ -58,7 +59,7 @@ func (OS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath
 func (OS) Link(oldpath, newpath string) error         { return os.Link(oldpath, newpath) }
 func (OS) Remove(name string) error                   { return os.Remove(name) }
 func (OS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name) }
-func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0) }
+func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0) }
 
 // NewPending uses renameio with the temp file forced into the target's directory: a
 // TMPDIR on another file system would make the rename fail, and a temp file elsewhere

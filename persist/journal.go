@@ -2,6 +2,7 @@ package persist
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -65,6 +66,47 @@ type Dedup struct {
 	// to the revision) followed by the entry's value. It shares the store's bytes, and
 	// a write record does not repeat it: it is that record's post-image.
 	Frag []byte
+	// Ref is where Frag's bytes are in the journal they were decoded from or encoded
+	// into (AppendRecord, WriteCheckpoint). A table of outcomes keeps Ref instead of
+	// Frag and reads it back with ReadFrag: the window holds every version of every
+	// entry patched, too much to keep in memory.
+	Ref FragRef
+}
+
+// FragRef locates a Dedup's Frag in a journal file, with its checksum. The zero value
+// locates nothing.
+type FragRef struct {
+	At  int64 // offset in the file
+	Len int32
+	Sum uint32 // CRC-32C of the bytes
+}
+
+func refAt(at int, frag []byte) FragRef {
+	return FragRef{At: int64(at), Len: int32(len(frag)), Sum: crc32.Checksum(frag, crcTable)}
+}
+
+// ReadFrag reads the bytes ref locates from r and checks them against its checksum.
+// Safe for concurrent use when r is (an *os.File is).
+func ReadFrag(r io.ReaderAt, ref FragRef) ([]byte, error) {
+	return readFrag(r, ref, nil)
+}
+
+// readFrag is ReadFrag into buf, grown when it is too small.
+func readFrag(r io.ReaderAt, ref FragRef, buf []byte) ([]byte, error) {
+	if r == nil {
+		return nil, errors.New("read outcome: no journal to read it from")
+	}
+	if cap(buf) < int(ref.Len) {
+		buf = make([]byte, ref.Len)
+	}
+	buf = buf[:ref.Len]
+	if _, err := r.ReadAt(buf, ref.At); err != nil {
+		return nil, fmt.Errorf("read outcome of %d bytes at offset %d: %w", ref.Len, ref.At, err)
+	}
+	if crc32.Checksum(buf, crcTable) != ref.Sum {
+		return nil, fmt.Errorf("%w: outcome of %d bytes at offset %d: checksum mismatch", ErrCorrupt, ref.Len, ref.At)
+	}
+	return buf, nil
 }
 
 // Dedup body kinds in the journal.
@@ -95,14 +137,18 @@ type Checkpoint struct {
 	Snapshot SnapshotID // the sessions.json the journal was started against
 	Revs     []KeyRev
 	Dedup    []Dedup
+	// Frags is where the Frags of Dedup records that hold only a Ref are read from.
+	Frags io.ReaderAt
 }
 
-// AppendRecord appends r as one frame to buf.
+// AppendRecord appends r as one frame to buf. It sets the Ref of each of r's dedup
+// records that has a Frag to where the Frag is in buf.
 func AppendRecord(buf []byte, r *Record) []byte {
 	return frame(buf, func(b []byte) []byte {
 		b = append(b, recWrite)
 		b = binary.AppendUvarint(b, uint64(r.Rev))
 		b = binary.AppendUvarint(b, uint64(len(r.Ops)))
+		opAt := -1
 		for _, op := range r.Ops {
 			b = appendString(b, op.Key)
 			if op.Frag == nil {
@@ -110,9 +156,22 @@ func AppendRecord(buf []byte, r *Record) []byte {
 				continue
 			}
 			b = append(b, 1)
-			b = appendBytes(b, op.Frag)
+			b = binary.AppendUvarint(b, uint64(len(op.Frag)))
+			opAt = len(b)
+			b = append(b, op.Frag...)
 		}
-		return appendDedups(b, r.Dedup, r.Ops)
+		b = binary.AppendUvarint(b, uint64(len(r.Dedup)))
+		for i := range r.Dedup {
+			d := &r.Dedup[i]
+			var at int
+			if b, at = appendDedup(b, d, r.Ops); at < 0 && d.Frag != nil {
+				at = opAt // the record's own post-image
+			}
+			if d.Frag != nil {
+				d.Ref = refAt(at, d.Frag)
+			}
+		}
+		return b
 	})
 }
 
@@ -134,28 +193,37 @@ func AppendDone(buf []byte, id SnapshotID) []byte {
 	})
 }
 
-// AppendCheckpoint appends c as one frame to buf.
-func AppendCheckpoint(buf []byte, c *Checkpoint) []byte {
-	return frame(buf, func(b []byte) []byte {
-		c.pieces(func(p []byte) []byte {
+// AppendCheckpoint appends c as one frame to buf, the first of a journal: as
+// WriteCheckpoint, it sets the Ref of c's dedup records that have a Frag.
+func AppendCheckpoint(buf []byte, c *Checkpoint) ([]byte, error) {
+	var err error
+	buf = frame(buf, func(b []byte) []byte {
+		err = c.pieces(true, func(p []byte) []byte {
 			b = append(b, p...)
 			return p[:0]
 		})
 		return b
 	})
+	return buf, err
 }
 
 // WriteCheckpoint writes c as one frame to w, as AppendCheckpoint would, without holding
 // the frame in memory: a checkpoint holds every dedup record of the window, and with
 // large entries patched often that is hundreds of megabytes. The payload is encoded
-// twice, once for the frame header's length and checksum and once to write it.
+// twice, once for the frame header's length and checksum and once to write it. Frags
+// that c's dedup records hold only a Ref to are read from c.Frags, on each pass. Once
+// written, every record that has a Frag has its Ref set to where the Frag is in the
+// journal w starts.
 func WriteCheckpoint(w io.Writer, c *Checkpoint) error {
 	sum, n := crc32.New(crcTable), 0
-	c.pieces(func(p []byte) []byte {
+	err := c.pieces(false, func(p []byte) []byte {
 		sum.Write(p)
 		n += len(p)
 		return p[:0]
 	})
+	if err != nil {
+		return err
+	}
 	if n > maxFrame {
 		return fmt.Errorf("checkpoint of %d bytes is over the frame limit of %d", n, maxFrame)
 	}
@@ -165,21 +233,29 @@ func WriteCheckpoint(w io.Writer, c *Checkpoint) error {
 	if _, err := w.Write(head[:]); err != nil {
 		return err
 	}
-	var err error
-	c.pieces(func(p []byte) []byte {
-		if err == nil {
-			_, err = w.Write(p)
+	var werr error
+	err = c.pieces(true, func(p []byte) []byte {
+		if werr == nil {
+			_, werr = w.Write(p)
 		}
 		return p[:0]
 	})
-	return err
+	return cmp.Or(err, werr)
 }
 
 // pieces passes c's payload to emit a piece at a time, each at most a few KB plus one
-// dedup record; emit returns the buffer to fill next.
-func (c *Checkpoint) pieces(emit func([]byte) []byte) {
+// dedup record; emit returns the buffer to fill next. With place, it sets the Refs of
+// c's dedup records to their places in a journal that starts with c.
+func (c *Checkpoint) pieces(place bool, emit func([]byte) []byte) error {
 	const piece = 64 << 10
 	b := make([]byte, 0, 2*piece)
+	emitted := frameHeader // where b starts in the journal
+	next := func() {
+		if len(b) >= piece {
+			emitted += len(b)
+			b = emit(b)
+		}
+	}
 	b = append(b, recCheckpoint)
 	b = binary.AppendUvarint(b, uint64(c.Rev))
 	b = appendSnapshotID(b, c.Snapshot)
@@ -187,18 +263,32 @@ func (c *Checkpoint) pieces(emit func([]byte) []byte) {
 	for _, kr := range c.Revs {
 		b = appendString(b, kr.Key)
 		b = binary.AppendUvarint(b, uint64(kr.Rev))
-		if len(b) >= piece {
-			b = emit(b)
-		}
+		next()
 	}
 	b = binary.AppendUvarint(b, uint64(len(c.Dedup)))
+	var fragBuf []byte
 	for i := range c.Dedup {
-		b = appendDedup(b, &c.Dedup[i], nil)
-		if len(b) >= piece {
-			b = emit(b)
+		d := c.Dedup[i]
+		if d.Frag == nil && d.Ref.Len > 0 {
+			frag, err := readFrag(c.Frags, d.Ref, fragBuf)
+			if err != nil {
+				return fmt.Errorf("checkpoint: request_id %q: %w", d.ID, err)
+			}
+			d.Frag, fragBuf = frag, frag
 		}
+		var at int
+		b, at = appendDedup(b, &d, nil)
+		switch {
+		case !place || at < 0:
+		case d.Ref.Len > 0: // its checksum is known
+			c.Dedup[i].Ref.At = int64(emitted + at)
+		default:
+			c.Dedup[i].Ref = refAt(emitted+at, d.Frag)
+		}
+		next()
 	}
 	emit(b)
+	return nil
 }
 
 func frame(buf []byte, payload func([]byte) []byte) []byte {
@@ -227,19 +317,13 @@ func appendSnapshotID(b []byte, id SnapshotID) []byte {
 	return binary.LittleEndian.AppendUint32(b, id.CRC)
 }
 
-func appendDedups(b []byte, ds []Dedup, ops []Op) []byte {
-	b = binary.AppendUvarint(b, uint64(len(ds)))
-	for i := range ds {
-		b = appendDedup(b, &ds[i], ops)
-	}
-	return b
-}
-
-// appendDedup appends one dedup record of a frame whose ops are ops.
-func appendDedup(b []byte, d *Dedup, ops []Op) []byte {
+// appendDedup appends one dedup record of a frame whose ops are ops. fragAt is where
+// in b it put d.Frag, or -1 when it put none (it is the record's op's, or there is none).
+func appendDedup(b []byte, d *Dedup, ops []Op) (_ []byte, fragAt int) {
 	b = appendString(b, d.ID)
 	b = append(b, d.Fingerprint[:]...)
 	b = binary.AppendVarint(b, d.Time)
+	fragAt = -1
 	switch {
 	case d.Err:
 		b = append(b, dedupError)
@@ -249,9 +333,11 @@ func appendDedup(b []byte, d *Dedup, ops []Op) []byte {
 		b = append(b, dedupRecordOp)
 	default:
 		b = append(b, dedupFrag)
-		b = appendBytes(b, d.Frag)
+		b = binary.AppendUvarint(b, uint64(len(d.Frag)))
+		fragAt = len(b)
+		b = append(b, d.Frag...)
 	}
-	return appendBytes(b, d.Body)
+	return appendBytes(b, d.Body), fragAt
 }
 
 // Replay is what a journal file holds.
@@ -362,7 +448,7 @@ func chainsToEnd(data []byte, off int) bool {
 }
 
 func (r *Replay) decode(p []byte, off int) error {
-	d := decoder{b: p}
+	d := decoder{b: p, end: off + frameHeader + len(p)}
 	kind := d.byte()
 	switch {
 	case kind == recCheckpoint && off == 0:
@@ -373,7 +459,7 @@ func (r *Replay) decode(p []byte, off int) error {
 		for i := 0; i < n && d.err == nil; i++ {
 			c.Revs = append(c.Revs, KeyRev{Key: d.string(), Rev: d.int()})
 		}
-		c.Dedup = d.dedups(nil)
+		c.Dedup = d.dedups(nil, 0)
 		r.Checkpoint = c
 	case kind == recCheckpoint:
 		d.fail("checkpoint after the start")
@@ -383,14 +469,15 @@ func (r *Replay) decode(p []byte, off int) error {
 		rec := Record{Rev: d.int()}
 		n := d.count()
 		rec.Ops = make([]Op, 0, n)
+		opAt := 0
 		for i := 0; i < n && d.err == nil; i++ {
 			op := Op{Key: d.string()}
 			if d.byte() == 1 {
-				op.Frag = d.bytes()
+				op.Frag, opAt = d.bytesAt()
 			}
 			rec.Ops = append(rec.Ops, op)
 		}
-		rec.Dedup = d.dedups(rec.Ops)
+		rec.Dedup = d.dedups(rec.Ops, opAt)
 		r.Records = append(r.Records, rec)
 	case kind == recIntent:
 		r.Intents = append(r.Intents, d.snapshotID())
@@ -412,6 +499,7 @@ func (r *Replay) decode(p []byte, off int) error {
 
 type decoder struct {
 	b   []byte
+	end int // the offset in the file where b ends
 	err error
 }
 
@@ -473,10 +561,17 @@ func (d *decoder) count() int {
 }
 
 func (d *decoder) bytes() []byte {
+	p, _ := d.bytesAt()
+	return p
+}
+
+// bytesAt is bytes, and where they are in the file.
+func (d *decoder) bytesAt() ([]byte, int) {
 	n := d.count()
+	at := d.end - len(d.b)
 	p := d.b[:n:n]
 	d.b = d.b[n:]
-	return p
+	return p, at
 }
 
 func (d *decoder) string() string { return string(d.bytes()) }
@@ -492,8 +587,9 @@ func (d *decoder) snapshotID() SnapshotID {
 	return id
 }
 
-// dedups decodes dedup records; ops are the post-images of the record they belong to.
-func (d *decoder) dedups(ops []Op) []Dedup {
+// dedups decodes dedup records; ops are the post-images of the record they belong to,
+// and opAt is where the last of them is in the file.
+func (d *decoder) dedups(ops []Op, opAt int) []Dedup {
 	n := d.count()
 	out := make([]Dedup, 0, n)
 	for i := 0; i < n && d.err == nil; i++ {
@@ -510,13 +606,16 @@ func (d *decoder) dedups(ops []Op) []Dedup {
 		case dedupError:
 			x.Err = true
 		case dedupFrag:
-			x.Frag = d.bytes()
+			var at int
+			x.Frag, at = d.bytesAt()
+			x.Ref = refAt(at, x.Frag)
 		case dedupRecordOp:
 			if len(ops) != 1 || ops[0].Frag == nil {
 				d.fail("dedup record refers to a missing post-image")
 				break
 			}
 			x.Frag = ops[0].Frag
+			x.Ref = refAt(opAt, x.Frag)
 		default:
 			d.fail(fmt.Sprintf("unknown dedup kind %d", kind))
 		}
@@ -682,8 +781,25 @@ func (j *Journal) Cut(size int64) error {
 	return nil
 }
 
+// Retire breaks the journal with err but keeps the file open, so that it can still be
+// read (Reader) until Close.
+func (j *Journal) Retire(err error) {
+	if j.broken == nil {
+		j.broken = fmt.Errorf("%w: %w", ErrBroken, err)
+	}
+}
+
 // Size is the number of bytes in the journal file.
 func (j *Journal) Size() int64 { return j.size }
+
+// Reader reads the journal file at an offset (FragRefs, with ReadFrag); safe for
+// concurrent use, also after Close, when reads fail.
+func (j *Journal) Reader() io.ReaderAt {
+	if j.f == nil {
+		return nil
+	}
+	return j.f
+}
 
 // Broken reports the failure that broke the journal, or nil.
 func (j *Journal) Broken() error { return j.broken }

@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func sampleJournal() []byte {
-	b := AppendCheckpoint(nil, &Checkpoint{
+func sampleJournal(t testing.TB) []byte {
+	b := appendCheckpoint(t, nil, &Checkpoint{
 		Rev:      7,
 		Snapshot: SnapshotID{Rev: 5, Size: 123, CRC: 0xdeadbeef},
 		Revs:     []KeyRev{{"a", 5}, {"ключ", 3}},
@@ -33,8 +33,15 @@ func sampleJournal() []byte {
 		Dedup: []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Frag: frag}}})
 }
 
+func appendCheckpoint(tb testing.TB, b []byte, c *Checkpoint) []byte {
+	tb.Helper()
+	b, err := AppendCheckpoint(b, c)
+	require.NoError(tb, err)
+	return b
+}
+
 func TestJournalRoundTrip(t *testing.T) {
-	data := sampleJournal()
+	data := sampleJournal(t)
 	r, err := DecodeJournal(data)
 	require.NoError(t, err)
 	require.Equal(t, int64(-1), r.TornAt)
@@ -51,10 +58,60 @@ func TestJournalRoundTrip(t *testing.T) {
 	require.Equal(t, []SnapshotID{{Rev: 6, Size: 10, CRC: 42}}, r.Done)
 	require.Equal(t, int64(7), r.Records[2].Rev)
 	require.Equal(t, []byte(`  "c": {"x": 1}`), r.Records[2].Dedup[0].Frag, "taken from the record's post-image")
-	cp := AppendCheckpoint(nil, &Checkpoint{Snapshot: SnapshotID{Size: -1}, Dedup: r.Records[2].Dedup})
+	cp := appendCheckpoint(t, nil, &Checkpoint{Snapshot: SnapshotID{Size: -1}, Dedup: r.Records[2].Dedup})
 	again, err := DecodeJournal(cp)
 	require.NoError(t, err)
 	require.Equal(t, r.Records[2].Dedup, again.Checkpoint.Dedup, "a checkpoint carries the bytes itself")
+}
+
+// A patch's outcome can be dropped from memory and read back from the journal: every
+// encoder and the decoder say where its bytes are, and a checkpoint copies the bytes
+// from the old journal into the new one.
+func TestFragRefs(t *testing.T) {
+	frag := []byte(`  "c": {"x": 1}`)
+	locates := func(t *testing.T, file []byte, ref FragRef) {
+		t.Helper()
+		got, err := ReadFrag(bytes.NewReader(file), ref)
+		require.NoError(t, err)
+		require.Equal(t, frag, got)
+	}
+	data := sampleJournal(t)
+	r, err := DecodeJournal(data)
+	require.NoError(t, err)
+	opRef := r.Records[2].Dedup[0].Ref // a dedupRecordOp: the record's own post-image
+	locates(t, data, opRef)
+
+	// AppendRecord: the place in the buffer it appends to, after what was there.
+	rec := &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: frag}}, Dedup: []Dedup{{ID: "p", Body: []byte(`{}`), Frag: frag}}}
+	buf := AppendRecord([]byte("prefix"), rec)
+	locates(t, buf, rec.Dedup[0].Ref)
+	require.Equal(t, opRef.Sum, rec.Dedup[0].Ref.Sum)
+
+	// A checkpoint of outcomes held only as Refs into data equals one of the bytes.
+	inMemory := []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Frag: frag}}
+	want := appendCheckpoint(t, nil, &Checkpoint{Snapshot: SnapshotID{Size: -1}, Dedup: inMemory})
+	spilled := &Checkpoint{Snapshot: SnapshotID{Size: -1}, Frags: bytes.NewReader(data),
+		Dedup: []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Ref: opRef}}}
+	var out bytes.Buffer
+	require.NoError(t, WriteCheckpoint(&out, spilled))
+	require.Equal(t, want, out.Bytes())
+	require.Equal(t, inMemory[0].Ref, spilled.Dedup[0].Ref, "both placed where the checkpoint put the bytes")
+	locates(t, out.Bytes(), spilled.Dedup[0].Ref)
+	again, err := DecodeJournal(out.Bytes())
+	require.NoError(t, err)
+	require.Equal(t, spilled.Dedup[0].Ref, again.Checkpoint.Dedup[0].Ref, "the decoder agrees")
+
+	// Bytes that are not what was written, or cannot be read, fail the checkpoint.
+	bad := opRef
+	bad.Sum++
+	_, err = ReadFrag(bytes.NewReader(data), bad)
+	require.ErrorIs(t, err, ErrCorrupt)
+	spilled.Dedup[0].Ref = bad
+	require.ErrorIs(t, WriteCheckpoint(io.Discard, spilled), ErrCorrupt)
+	spilled.Dedup[0].Ref, spilled.Frags = opRef, bytes.NewReader(data[:opRef.At+1])
+	require.ErrorIs(t, WriteCheckpoint(io.Discard, spilled), io.EOF)
+	spilled.Frags = nil
+	require.Error(t, WriteCheckpoint(io.Discard, spilled))
 }
 
 // WriteCheckpoint writes what AppendCheckpoint appends, also when the checkpoint spans
@@ -72,7 +129,7 @@ func TestWriteCheckpoint(t *testing.T) {
 	for _, c := range []*Checkpoint{{Snapshot: SnapshotID{Size: -1}}, big} {
 		var b bytes.Buffer
 		require.NoError(t, WriteCheckpoint(&b, c))
-		require.Equal(t, AppendCheckpoint(nil, c), b.Bytes())
+		require.Equal(t, appendCheckpoint(t, nil, c), b.Bytes())
 	}
 	require.ErrorIs(t, WriteCheckpoint(failingWriter{}, big), syscall.ENOSPC)
 }
@@ -82,7 +139,7 @@ type failingWriter struct{}
 func (failingWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
 
 func TestJournalDamage(t *testing.T) {
-	good := sampleJournal()
+	good := sampleJournal(t)
 	frag := []byte(`  "c": {"x": 1}`)
 	last := len(AppendRecord(nil, &Record{Rev: 7, Ops: []Op{{Key: "c", Frag: frag}},
 		Dedup: []Dedup{{ID: "p", Time: 9, Body: []byte(`{"key":"c","rev":7`), Frag: frag}}}))
@@ -129,7 +186,7 @@ func TestJournalBrokenAfterFailure(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "j")
 	j, err := CreateJournal(OS{}, path, func(w io.Writer) error {
-		_, err := w.Write(sampleJournal())
+		_, err := w.Write(sampleJournal(t))
 		return err
 	})
 	require.NoError(t, err)
@@ -192,7 +249,7 @@ func TestOwnerLockDiesWithProcess(t *testing.T) {
 // FuzzDecodeJournal: any bytes either decode (and then re-encode to the same intact
 // prefix) or give a clean error; never a panic or an allocation the data cannot back.
 func FuzzDecodeJournal(f *testing.F) {
-	good := sampleJournal()
+	good := sampleJournal(f)
 	f.Add(good)
 	f.Add(good[:len(good)-5])
 	f.Add(append(append([]byte(nil), good...), 0, 0, 0, 0))
@@ -215,7 +272,10 @@ func FuzzDecodeJournal(f *testing.F) {
 		// Re-encode what was decoded: the intact prefix comes back byte for byte,
 		// except for frames whose payload we encode differently (none should exist).
 		var b []byte
-		b = AppendCheckpoint(b, r.Checkpoint)
+		b, err = AppendCheckpoint(b, r.Checkpoint)
+		if err != nil {
+			t.Fatalf("re-encoding a decoded checkpoint: %v", err)
+		}
 		if _, err := DecodeJournal(b); err != nil {
 			t.Fatalf("re-encoded checkpoint does not decode: %v", err)
 		}
