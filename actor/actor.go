@@ -42,7 +42,12 @@ type Config struct {
 	DedupMax         int           // ...unless there are more than this many (default 1,000,000)
 	CompactBytes     int64         // rewrite the journal after a snapshot once it is larger (default 64 MiB)
 	RetryInterval    time.Duration // retry a failed disk step after this (default 500ms)
-	Now              func() time.Time
+	// ReleaseDelay is how long a replaced sessions.json or journal is kept whole before
+	// its blocks are freed a stretch at a time (persist.ReleaseFile): a reader whose open
+	// raced the rename has the file open by then, and one that has it open keeps it
+	// whole. Default 1s.
+	ReleaseDelay time.Duration
+	Now          func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -71,6 +76,7 @@ func (c *Config) setDefaults() {
 	defDur(&c.SyncInterval, time.Second)
 	defDur(&c.DedupWindow, 5*time.Minute)
 	defDur(&c.RetryInterval, 500*time.Millisecond)
+	defDur(&c.ReleaseDelay, time.Second)
 	if c.CompactBytes <= 0 {
 		c.CompactBytes = 64 << 20
 	}
@@ -95,6 +101,10 @@ type Actor struct {
 
 	intents  chan intentReq  // from the snapshot goroutine: make an intent durable
 	snapDone chan snapResult // from the snapshot goroutine: it finished
+	// quit is closed when the actor stops (finishReleases): replaced files still
+	// waiting to be freed a stretch at a time are removed at once.
+	quit      chan struct{}
+	releasing sync.WaitGroup // goroutines freeing replaced files (persist.ReleaseFile)
 
 	// Owned by the Run goroutine.
 	st          *store
@@ -167,11 +177,12 @@ type intentReq struct {
 }
 
 type snapResult struct {
-	id    persist.SnapshotID
-	err   error
-	stamp persist.Stamp
-	aside string
-	took  time.Duration
+	id      persist.SnapshotID
+	err     error
+	stamp   persist.Stamp
+	aside   string
+	retired string // the sessions.json it replaced, to release
+	took    time.Duration
 }
 
 // Open loads the store (sessions.json plus the journal) and makes it ready to Run. It
@@ -185,6 +196,7 @@ func Open(cfg Config) (*Actor, error) {
 		mailbox:     make(chan *request, cfg.QueueSize),
 		intents:     make(chan intentReq),
 		snapDone:    make(chan snapResult),
+		quit:        make(chan struct{}),
 		compactDone: make(chan compactResult, 1),
 		st:          newStore(),
 		dedup:       newDedupTable(),
@@ -353,6 +365,7 @@ func (a *Actor) stop() error {
 		a.held = nil
 	}
 	a.failWaiters(a.rev, errors.New("the server stopped before the snapshot was written"))
+	a.finishReleases() // a re-exec would leave them for the next start to remove
 	a.snapC, a.syncC, a.retryC = nil, nil, nil
 	a.publish()
 	if err != nil {
@@ -371,9 +384,10 @@ func (a *Actor) Resume() {
 	a.mu.Unlock()
 }
 
-// Close closes the journal; the actor cannot Run again. Call it after Run returned.
-// Idempotent.
+// Close removes replaced files not yet freed and closes the journal; the actor cannot
+// Run again. Call it after Run returned. Idempotent.
 func (a *Actor) Close() error {
+	a.finishReleases()
 	if err := a.journal.Close(); err != nil {
 		return fmt.Errorf("close journal %s: %w", a.journalPath, err)
 	}
@@ -756,6 +770,7 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 		a.journal.Close()
 	}
 	a.journal = j
+	a.release(j.Retired()) // the file of the journal just closed
 	a.compactBase = j.Size()
 	a.appendedRev, a.durableRev = a.rev, a.rev
 	a.compactGen++ // a compaction started before this is stale
@@ -768,6 +783,30 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 		h.reply <- h.rep
 	}
 	a.held = nil
+}
+
+// release frees a replaced file's blocks in the background, a stretch at a time: all at
+// once, they stall every fsync on the file system, the journal's too.
+func (a *Actor) release(name string) {
+	if name == "" {
+		return
+	}
+	a.releasing.Add(1)
+	quit := a.quit
+	go func() {
+		defer a.releasing.Done()
+		if err := persist.ReleaseFile(a.cfg.FS, name, a.cfg.ReleaseDelay, quit); err != nil {
+			a.log.Warn("freeing a replaced file", "file", name, "err", err)
+		}
+	}()
+}
+
+// finishReleases removes the replaced files still waiting to be freed, at once, and
+// waits for that.
+func (a *Actor) finishReleases() {
+	close(a.quit)
+	a.releasing.Wait()
+	a.quit = make(chan struct{})
 }
 
 // retry runs the disk steps that failed earlier: a new journal, a snapshot.
@@ -917,7 +956,7 @@ func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
 	start := time.Now()
 	var res snapResult
 	var mine persist.Stamp
-	res.id, mine, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
+	res.id, mine, res.retired, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
 		cur, err := persist.StatStamp(a.cfg.FS, a.cfg.Store)
 		if err != nil {
 			return err
@@ -967,6 +1006,7 @@ func (a *Actor) makeIntentDurable(id persist.SnapshotID) error {
 
 func (a *Actor) finishSnapshot(res snapResult) {
 	a.snapRunning = false
+	a.release(res.retired)
 	if res.aside != "" {
 		a.stats.external.Add(1)
 		a.log.Error("sessions.json was changed by another writer; kept that version beside it and wrote ours",

@@ -1243,3 +1243,49 @@ func TestOutcomesSurviveReplacedJournal(t *testing.T) {
 	h.restart()
 	retriesAnswer(h, reqs, want, "after a restart")
 }
+
+// retiredFiles lists the temp names replaced files wait under (persist.ReleaseFile).
+func retiredFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".sessions.json") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
+}
+
+// A replaced sessions.json or journal is kept under a temp name for ReleaseDelay and
+// then freed in the background; Close removes what is still waiting at once.
+func TestReplacedFilesReleased(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes, c.ReleaseDelay = 1024, 50*time.Millisecond }).start()
+	h.ok("put", `{"key":"a","value":{}}`)
+	h.ok("flush", ``)
+	for i := range 20 {
+		h.ok("patch", fmt.Sprintf(`{"key":"a","merge":{"n":%d,"pad":%q}}`, i, strings.Repeat("x", 100)))
+	}
+	h.ok("flush", ``) // replaces sessions.json, then compacts the journal
+	require.NotEmpty(t, retiredFiles(t, h.dir))
+	require.Eventually(t, func() bool { return len(retiredFiles(t, h.dir)) == 0 }, 10*time.Second, 10*time.Millisecond)
+
+	h.cfg.ReleaseDelay = time.Hour
+	h.restart()
+	h.ok("put", `{"key":"b","value":{}}`)
+	h.ok("flush", ``)
+	require.NotEmpty(t, retiredFiles(t, h.dir))
+	h.cancel()
+	h.cancel = nil
+	require.NoError(t, <-h.done)
+	closed := make(chan error, 1)
+	go func() { closed <- h.a.Close() }()
+	select { // the hour is not waited for
+	case err := <-closed:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("Close waits for the release delay")
+	}
+	require.Empty(t, retiredFiles(t, h.dir))
+}

@@ -192,10 +192,11 @@ func (a *Actor) recover() error {
 	if external {
 		// sessions.json now has to become our state; write it before the journal that
 		// names it as the base.
-		id, _, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
+		id, _, retired, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
 		if err != nil {
 			return err
 		}
+		a.release(retired)
 		a.base, a.tail = id, nil
 	}
 	if a.stamp, err = persist.StatStamp(fsys, path); err != nil {

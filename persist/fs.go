@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
@@ -30,6 +31,10 @@ type FS interface {
 	// TruncateSync cuts the file at path to size through a new descriptor and fsyncs
 	// that descriptor, so the cut is durable.
 	TruncateSync(path string, size int64) error
+	// Link makes newpath a second name of the file at oldpath.
+	Link(oldpath, newpath string) error
+	// Shrink frees a retired file's blocks a step at a time (see OS.Shrink).
+	Shrink(name string, step int64, pause time.Duration, stop <-chan struct{}) error
 }
 
 // File is an open file that is written and synced, and read at an offset.

@@ -629,11 +629,12 @@ func (d *decoder) dedups(ops []Op, opAt int) []Dedup {
 // actor owns it. After any failed write or fsync it is broken for good (ErrBroken): the
 // caller writes a new journal with Create instead.
 type Journal struct {
-	fsys   FS
-	f      File
-	path   string
-	size   int64
-	broken error
+	fsys    FS
+	f       File
+	path    string
+	size    int64
+	broken  error
+	retired string // the journal this one replaced, under a temp name
 }
 
 // Contents writes what a new journal starts with (a checkpoint and the records to keep)
@@ -725,17 +726,20 @@ func (n *NextJournal) Commit(delta []byte) (*Journal, error) {
 	if _, err := n.p.Write(delta); err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", n.path, err)
 	}
-	if err := n.p.CloseAtomicallyReplace(); err != nil {
+	retired, err := replace(n.fsys, n.path, n.p)
+	if err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", n.path, err)
 	}
 	if err := n.fsys.SyncDir(dirOf(n.path)); err != nil {
+		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: %s: %w", ErrReplaced, n.path, err)
 	}
 	f, err := n.fsys.OpenAppend(n.path)
 	if err != nil {
+		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
 	}
-	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + int64(len(delta))}, nil
+	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + int64(len(delta)), retired: retired}, nil
 }
 
 // Abort removes the temp file.
@@ -789,6 +793,10 @@ func (j *Journal) Retire(err error) {
 	}
 }
 
+// Retired is the temp name of the journal this one replaced, "" if none: its owner
+// frees it with ReleaseFile once it has closed that journal.
+func (j *Journal) Retired() string { return j.retired }
+
 // Size is the number of bytes in the journal file.
 func (j *Journal) Size() int64 { return j.size }
 
@@ -818,18 +826,41 @@ func (j *Journal) Close() error {
 }
 
 // replaceFile writes a file through a pending temp file and atomically puts it at path,
-// then fsyncs the directory so the rename itself is durable.
-func replaceFile(fsys FS, path string, write func(Pending) error) error {
+// then fsyncs the directory so the rename itself is durable. On success it returns the
+// temp name the replaced file has now, if any, for ReleaseFile.
+func replaceFile(fsys FS, path string, write func(Pending) error) (retired string, err error) {
 	p, err := fsys.NewPending(path)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer p.Cleanup() //nolint:errcheck // only matters when something failed, and that error is returned
 	if err := write(p); err != nil {
-		return err
+		return "", err
 	}
+	if retired, err = replace(fsys, path, p); err != nil {
+		return "", err
+	}
+	if err := fsys.SyncDir(dirOf(path)); err != nil {
+		dropRetired(fsys, retired)
+		return "", err
+	}
+	return retired, nil
+}
+
+// dropRetired removes the name a failed replace retired a file under: only a second
+// name goes, never the file's contents.
+func dropRetired(fsys FS, name string) {
+	if name != "" {
+		fsys.Remove(name) //nolint:errcheck // a leftover is removed at the next start
+	}
+}
+
+// replace renames p over path, having retired the file there first.
+func replace(fsys FS, path string, p Pending) (retired string, err error) {
+	retired = retire(fsys, path)
 	if err := p.CloseAtomicallyReplace(); err != nil {
-		return err
+		dropRetired(fsys, retired) // the file is still at path
+		return "", err
 	}
-	return fsys.SyncDir(dirOf(path))
+	return retired, nil
 }

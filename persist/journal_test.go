@@ -317,7 +317,7 @@ func TestWriteSnapshotPaced(t *testing.T) {
 	for i := range 300 {
 		frags = append(frags, EncodeEntry(fmt.Sprint("agent:main:k", i), Value{Kind: String, Str: Quote(strings.Repeat("x", 20000+i))}))
 	}
-	id, _, err := WriteSnapshot(OS{}, path, 7, frags, func(SnapshotID) error { return nil })
+	id, _, _, err := WriteSnapshot(OS{}, path, 7, frags, func(SnapshotID) error { return nil })
 	require.NoError(t, err)
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)

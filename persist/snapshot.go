@@ -70,9 +70,10 @@ func ReadStore(fsys FS, path string, maxDepth int) ([]Entry, SnapshotID, error) 
 //
 // mine is the identity of the file written (its inode, size and time), taken before the
 // rename: after an error the caller can tell from it whether the rename happened anyway.
-func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, err error) {
+// retired is the temp name the replaced file has now, if any, for ReleaseFile.
+func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, retired string, err error) {
 	id = SnapshotID{Rev: rev}
-	err = replaceFile(fsys, path, func(p Pending) error {
+	retired, err = replaceFile(fsys, path, func(p Pending) error {
 		h := &crcWriter{w: paced(p)}
 		w := bufio.NewWriterSize(h, 1<<20)
 		if len(frags) == 0 {
@@ -100,9 +101,9 @@ func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(
 		return commit(id)
 	})
 	if err != nil {
-		return id, mine, fmt.Errorf("write snapshot %s: %w", path, err)
+		return id, mine, "", fmt.Errorf("write snapshot %s: %w", path, err)
 	}
-	return id, mine, nil
+	return id, mine, retired, nil
 }
 
 type crcWriter struct {
@@ -135,7 +136,7 @@ func KeepAside(fsys FS, path string, now time.Time) (string, error) {
 		}
 		aside = fmt.Sprintf("%s.%d", base, i)
 	}
-	if err := replaceFile(fsys, aside, func(p Pending) error {
+	if _, err := replaceFile(fsys, aside, func(p Pending) error { // aside is a new name: it retires nothing
 		_, err := p.Write(data)
 		return err
 	}); err != nil {
