@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -61,13 +62,25 @@ func ReleaseFile(fsys FS, name string, delay time.Duration, stop <-chan struct{}
 
 // Shrink truncates the file at name by step bytes at a time, pausing between steps,
 // while it holds a write lease on it: it does nothing if another descriptor has the file
-// open, and stops when one opens it (the lease is being broken) or stop is closed.
+// open, and stops when one opens it (the lease is being broken) or stop is closed. It
+// also does nothing unless name is the file's only name and not a symlink: the file
+// replaced may have been a user's link to a file that must stay as it is.
 func (OS) Shrink(name string, step int64, pause time.Duration, stop <-chan struct{}) error {
-	f, err := os.OpenFile(name, os.O_RDWR, 0)
+	f, err := os.OpenFile(name, os.O_RDWR|unix.O_NOFOLLOW, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || !fi.Mode().IsRegular() || st.Nlink != 1 {
+		return nil
+	}
 	fd := f.Fd()
 	if _, err := unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_WRLCK); err != nil {
 		// EAGAIN: open elsewhere, and that reader keeps the old version whole. Or the
@@ -76,10 +89,6 @@ func (OS) Shrink(name string, step int64, pause time.Duration, stop <-chan struc
 		return nil
 	}
 	defer unix.FcntlInt(fd, unix.F_SETLEASE, unix.F_UNLCK) //nolint:errcheck // closing releases it too
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	t := time.NewTimer(pause)
 	defer t.Stop()
 	for size := fi.Size(); size > 0; {

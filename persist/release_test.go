@@ -63,6 +63,32 @@ func TestReleaseLeavesAnOpenFileWhole(t *testing.T) {
 	require.Equal(t, first, got)
 }
 
+// A sessions.json that was a symlink, or had a second name, is replaced like any other,
+// but the file it named is never shrunk: only sessiond's own name for it goes.
+func TestReleaseLeavesOtherNamesAlone(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sessions.json")
+	target := filepath.Join(t.TempDir(), "real.json")
+	want := bytes.Repeat([]byte{'x'}, 3<<20)
+	require.NoError(t, os.WriteFile(target, want, 0o600))
+	require.NoError(t, os.Symlink(target, path))
+	_, retired := writeStore(t, path, 1)
+	require.NoError(t, ReleaseFile(OS{}, retired, 0, nil))
+	got, err := os.ReadFile(target)
+	require.NoError(t, err)
+	require.Equal(t, want, got, "the symlink's target")
+
+	backup := filepath.Join(dir, "backup.json")
+	require.NoError(t, os.Link(path, backup))
+	old, err := os.ReadFile(path)
+	require.NoError(t, err)
+	_, retired = writeStore(t, path, 2)
+	require.NoError(t, ReleaseFile(OS{}, retired, 0, nil))
+	got, err = os.ReadFile(backup)
+	require.NoError(t, err)
+	require.Equal(t, old, got, "a hard link's file")
+}
+
 // Shrink frees the file a step at a time, and stops when the file is opened (its lease
 // is broken) or when stop is closed.
 func TestShrink(t *testing.T) {
