@@ -128,12 +128,11 @@ type Actor struct {
 	journalErr  error
 	snapErr     error
 
-	compacting   bool               // a new journal is being written in the background
-	compactGen   uint64             // bumped whenever the journal is switched
-	compactBase  int64              // size of the journal when it was last switched
-	compactDelta []byte             // frames appended since the compaction began
-	frameBuf     []byte             // a batch's frames, reused: nothing keeps them after the append
-	compactDone  chan compactResult // from the compaction goroutine; buffered
+	compacting  bool               // a new journal is being written in the background
+	compactGen  uint64             // bumped whenever the journal is switched
+	compactBase int64              // size of the journal when it was last switched
+	frameBuf    []byte             // a batch's frames, reused: nothing keeps them after the append
+	compactDone chan compactResult // from the compaction goroutine; buffered
 	// unsynced are the dedup records whose frames are appended but not fsync'd. They
 	// keep their bytes until then: after a failed fsync a new journal is written from
 	// memory, not from a file whose pages the kernel may have dropped.
@@ -565,9 +564,6 @@ func (a *Actor) writeJournal(frames []byte, sync bool) error {
 		a.journalErr = err
 		return err
 	}
-	if a.compacting {
-		a.compactDelta = append(a.compactDelta, frames...)
-	}
 	if sync {
 		if err := a.journal.Sync(); err != nil {
 			a.journalErr = err
@@ -774,7 +770,6 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 	a.compactBase = j.Size()
 	a.appendedRev, a.durableRev = a.rev, a.rev
 	a.compactGen++ // a compaction started before this is stale
-	a.compactDelta = nil
 	a.synced()
 	// Everything in memory is durable in the new journal and nothing of a failed batch
 	// is in it: the answers held for that are true now.
@@ -846,9 +841,10 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 		return
 	}
 	// The new journal is written on another goroutine from an immutable copy of what it
-	// must hold, so writers do not wait for it; frames appended meanwhile are kept in
-	// compactDelta and added when it is put in place.
-	a.compacting, a.compactDelta = true, nil
+	// must hold, so writers do not wait for it; frames appended meanwhile are copied
+	// from the old journal's file when it is put in place. (Kept in memory, they were
+	// tens of megabytes when large entries were patched during a long compaction.)
+	a.compacting = true
 	gen, plan := a.compactGen, a.journalContents()
 	before, dedupEnd := a.journal.Size(), a.dedup.end()
 	go func() {
@@ -862,7 +858,7 @@ type compactResult struct {
 	gen      uint64
 	next     *persist.NextJournal
 	err      error
-	before   int64
+	before   int64 // the old journal's size when it began: the delta follows
 	start    time.Time
 	plan     *journalPlan
 	dedupEnd uint64 // dedup records from this seq on came later, in the delta
@@ -871,8 +867,6 @@ type compactResult struct {
 // finishCompaction puts the new journal in place with the frames appended meanwhile.
 func (a *Actor) finishCompaction(res compactResult) {
 	a.compacting = false
-	delta := a.compactDelta
-	a.compactDelta = nil
 	switch {
 	case res.gen != a.compactGen || a.journal.Broken() != nil:
 		// A rewrite after a failure replaced the journal meanwhile (and closed the
@@ -885,7 +879,8 @@ func (a *Actor) finishCompaction(res compactResult) {
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", res.err)
 		return
 	}
-	j, err := res.next.Commit(delta)
+	delta := a.journal.Size() - res.before
+	j, err := res.next.Commit(io.NewSectionReader(a.journal.Reader(), res.before, delta))
 	if err != nil {
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
 		if errors.Is(err, persist.ErrReplaced) {
@@ -898,9 +893,9 @@ func (a *Actor) finishCompaction(res compactResult) {
 		return
 	}
 	a.placeDedup(res.plan)
-	a.dedup.shift(res.dedupEnd, j.Size()-int64(len(delta))-res.before)
+	a.dedup.shift(res.dedupEnd, j.Size()-delta-res.before)
 	a.switchJournal(j)
-	a.log.Info("journal compacted", "before", res.before, "after", j.Size(), "delta", len(delta),
+	a.log.Info("journal compacted", "before", res.before, "after", j.Size(), "delta", delta,
 		"took", time.Since(res.start).Round(time.Millisecond))
 }
 

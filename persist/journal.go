@@ -717,14 +717,19 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Commit appends delta (the frames the current journal took meanwhile), fsyncs, puts
-// the file in place, fsyncs the directory and opens it for appending. If the rename
-// happened but a later step failed, the error wraps ErrReplaced: the path no longer
-// names the old journal, which must not be appended to again.
-func (n *NextJournal) Commit(delta []byte) (*Journal, error) {
+// Commit appends delta (the frames the current journal took meanwhile, read from its
+// file; nil for none), fsyncs, puts the file in place, fsyncs the directory and opens
+// it for appending. If the rename happened but a later step failed, the error wraps
+// ErrReplaced: the path no longer names the old journal, which must not be appended to
+// again.
+func (n *NextJournal) Commit(delta io.Reader) (*Journal, error) {
 	defer n.p.Cleanup() //nolint:errcheck // a no-op after the rename; otherwise the error is returned
-	if _, err := n.p.Write(delta); err != nil {
-		return nil, fmt.Errorf("write journal %s: %w", n.path, err)
+	var copied int64
+	if delta != nil {
+		var err error
+		if copied, err = io.Copy(n.p, delta); err != nil {
+			return nil, fmt.Errorf("write journal %s: %w", n.path, err)
+		}
 	}
 	retired, err := replace(n.fsys, n.path, n.p)
 	if err != nil {
@@ -739,7 +744,7 @@ func (n *NextJournal) Commit(delta []byte) (*Journal, error) {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
 	}
-	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + int64(len(delta)), retired: retired}, nil
+	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + copied, retired: retired}, nil
 }
 
 // Abort removes the temp file.
