@@ -160,6 +160,10 @@ type tailChange struct {
 // entries does not pin its memory.
 const maxFrameBuf = 1 << 20
 
+// maxBatchFrames is where a batch stops taking more requests (see runBatch): 80 patches
+// of 50 KB entries, while a batch of 500 B entries reaches MaxBatch long before it.
+const maxBatchFrames = 4 << 20
+
 type heldReply struct {
 	reply chan Reply
 	rep   Reply
@@ -407,34 +411,42 @@ func (a *Actor) waitSnapshot() {
 	}
 }
 
-// runBatch is one group commit: everything queued (up to MaxBatch) is applied in order,
+// runBatch is one group commit: what is queued (up to MaxBatch requests and about
+// maxBatchFrames bytes of journal frames) is applied in order,
 // the journal frames of the whole batch are written with one append and, if any write
 // asked for it, one fsync; then every request is answered. If the append or fsync fails,
 // the batch is rolled back in memory and every request from the first write on gets
 // storage_error: an error answer never hides a write that later appears.
 func (a *Actor) runBatch(first *request) {
-	batch := []*request{first}
-	for len(batch) < a.cfg.MaxBatch {
-		select {
-		case r := <-a.mailbox:
-			batch = append(batch, r)
-			continue
-		default:
-		}
-		break
-	}
 	if a.journal.Broken() != nil {
 		a.retry()
 	}
 	now := a.cfg.Now().UnixMilli()
 	a.dedup.evict(now, a.cfg.DedupWindow.Milliseconds(), a.cfg.DedupMax)
 	mark, startRev, dedupMark := a.st.mark(), a.rev, a.dedup.end()
-	replies := make([]Reply, len(batch))
+	batch, replies := []*request{first}, make([]Reply, 1)
 	frames := a.frameBuf[:0]
 	var tail []tailChange
 	var refs []persist.FragRef // of the batch's dedup records, in frames
 	firstWrite, needSync := -1, false
-	for i, r := range batch {
+	// more takes the next queued request into this group commit while it has room: up
+	// to MaxBatch requests and maxBatchFrames bytes of frames. After a disk stall
+	// hundreds of 50 KB patches are queued, and in one batch their frames, new entries
+	// and answers would all be in memory at once.
+	more := func() bool {
+		if len(batch) >= a.cfg.MaxBatch || len(frames) >= maxBatchFrames {
+			return false
+		}
+		select {
+		case r := <-a.mailbox:
+			batch, replies = append(batch, r), append(replies, Reply{})
+			return true
+		default:
+			return false
+		}
+	}
+	for i := 0; i < len(batch) || more(); i++ {
+		r := batch[i]
 		if r.kind == kindFlush {
 			continue
 		}

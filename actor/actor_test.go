@@ -200,6 +200,28 @@ func TestOrderAndGroupCommit(t *testing.T) {
 	require.Len(t, v, n+1)
 }
 
+// A queue of large writes is split into batches of about maxBatchFrames bytes, so that
+// their frames, entries and answers are not all in memory at once; the order holds.
+func TestGroupCommitBoundedByBytes(t *testing.T) {
+	h := newHarness(t, nil).open()
+	const n = 20
+	before := h.fs.syncs.Load()
+	big := strings.Repeat("x", 1<<20)
+	var replies []<-chan Reply
+	for i := range n {
+		replies = append(replies, h.a.Submit("put", fmt.Appendf(nil, `{"key":"k%d","value":{"big":%q}}`, i, big)))
+	}
+	h.run()
+	for i, ch := range replies {
+		r := <-ch
+		require.Nil(t, r.Err)
+		require.Contains(t, string(r.Result), fmt.Sprintf(`"rev":%d}`, i+1))
+	}
+	syncs := h.fs.syncs.Load() - before
+	require.GreaterOrEqual(t, syncs, int64(n*(1<<20)/maxBatchFrames))
+	require.Less(t, syncs, int64(n), "still grouped")
+}
+
 func TestBusyWhenQueueFull(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.QueueSize = 1 }).open()
 	first := h.a.Submit("put", []byte(`{"key":"a","value":{}}`))

@@ -66,7 +66,7 @@ Flags:
 	fl.StringVar(&c.logFmt, "log-format", "auto", "auto (colour on a terminal), text or json")
 	a, s := &c.actor, &c.server
 	fl.IntVar(&a.QueueSize, "queue-size", 4096, "requests queued for the store at most; beyond, clients get busy")
-	fl.IntVar(&a.MaxBatch, "max-batch", 1024, "requests made durable by one fsync at most")
+	fl.IntVar(&a.MaxBatch, "max-batch", 1024, "requests made durable by one fsync at most (a batch also stops taking requests at 4 MiB of journal)")
 	fl.IntVar(&a.MaxValueBytes, "max-value-bytes", 16<<20, "largest entry (encoded) in bytes; larger gets too_large")
 	fl.IntVar(&a.MaxDepth, "max-depth", 64, "deepest JSON nesting accepted in a request's params")
 	fl.DurationVar(&a.SnapshotInterval, "snapshot-interval", time.Second, "rewrite sessions.json at most this long after a change (negative: only on flush and stop)")
