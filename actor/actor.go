@@ -887,6 +887,13 @@ func (a *Actor) finishCompaction(res compactResult) {
 			res.next.Abort()
 		}
 		return
+	case errors.Is(res.err, persist.ErrCheckpointTooLarge):
+		// It cannot succeed until outcomes expire: try again once the journal has
+		// doubled, not after every snapshot.
+		a.compactBase = a.journal.Size()
+		a.log.Error("journal compaction is impossible: the dedup window's patch outcomes are over the journal's frame limit; the journal grows until they expire. Lower --dedup-window or --dedup-max, or leave request_id out of patches of large entries",
+			"err", res.err, "journal_bytes", a.journal.Size(), "next_try_at_bytes", 2*a.compactBase)
+		return
 	case res.err != nil:
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", res.err)
 		return

@@ -39,6 +39,9 @@ var (
 	// ErrReplaced: a new journal was renamed into place but not made durable or opened;
 	// the old one must not be appended to (its path names the new file now).
 	ErrReplaced = errors.New("journal was replaced but not committed")
+	// ErrCheckpointTooLarge: the checkpoint of a new journal would be over the 1 GiB
+	// frame limit, almost always because of the dedup window's patch outcomes.
+	ErrCheckpointTooLarge = errors.New("checkpoint is over the journal's frame limit of 1 GiB")
 )
 
 // SnapshotID names one version of sessions.json: the revision it reflects, and its size
@@ -215,6 +218,18 @@ func AppendCheckpoint(buf []byte, c *Checkpoint) ([]byte, error) {
 // written, every record that has a Frag has its Ref set to where the Frag is in the
 // journal w starts.
 func WriteCheckpoint(w io.Writer, c *Checkpoint) error {
+	// The outcomes alone may be over the limit: say so before reading them back.
+	var outcomes int64
+	for i := range c.Dedup {
+		if d := &c.Dedup[i]; d.Frag != nil {
+			outcomes += int64(len(d.Frag))
+		} else {
+			outcomes += int64(d.Ref.Len)
+		}
+	}
+	if outcomes > maxFrame {
+		return fmt.Errorf("%w: the dedup window's outcomes alone are %d bytes", ErrCheckpointTooLarge, outcomes)
+	}
 	sum, n := crc32.New(crcTable), 0
 	err := c.pieces(false, func(p []byte) []byte {
 		sum.Write(p)
@@ -225,7 +240,7 @@ func WriteCheckpoint(w io.Writer, c *Checkpoint) error {
 		return err
 	}
 	if n > maxFrame {
-		return fmt.Errorf("checkpoint of %d bytes is over the frame limit of %d", n, maxFrame)
+		return fmt.Errorf("%w: %d bytes", ErrCheckpointTooLarge, n)
 	}
 	var head [frameHeader]byte
 	binary.LittleEndian.PutUint32(head[:], uint32(n))

@@ -134,6 +134,23 @@ func TestWriteCheckpoint(t *testing.T) {
 	require.ErrorIs(t, WriteCheckpoint(failingWriter{}, big), syscall.ENOSPC)
 }
 
+// A checkpoint whose outcomes alone are over the frame limit fails before any of them
+// is read back (each failed compaction would otherwise read gigabytes).
+func TestCheckpointTooLargeFailsFast(t *testing.T) {
+	c := &Checkpoint{Snapshot: SnapshotID{Size: -1}, Frags: unreadable{t}}
+	for i := range 3 {
+		c.Dedup = append(c.Dedup, Dedup{ID: fmt.Sprint(i), Ref: FragRef{At: 8, Len: 400 << 20}})
+	}
+	require.ErrorIs(t, WriteCheckpoint(io.Discard, c), ErrCheckpointTooLarge)
+}
+
+type unreadable struct{ t *testing.T }
+
+func (u unreadable) ReadAt([]byte, int64) (int, error) {
+	u.t.Error("an outcome was read")
+	return 0, io.EOF
+}
+
 type failingWriter struct{}
 
 func (failingWriter) Write([]byte) (int, error) { return 0, syscall.ENOSPC }
