@@ -440,6 +440,7 @@ func (a *Actor) runBatch(first *request) {
 		select {
 		case r := <-a.mailbox:
 			batch, replies = append(batch, r), append(replies, Reply{})
+			now = a.cfg.Now().UnixMilli() // it may have come after its deadline
 			return true
 		default:
 			return false
@@ -499,6 +500,15 @@ func (a *Actor) runBatch(first *request) {
 			}
 			for i := firstWrite; i < len(batch); i++ {
 				if batch[i].kind == kindFlush {
+					continue
+				}
+				if r := batch[i]; r.requestID != "" && r.isWrite() && a.dedup.get(r.requestID) != nil {
+					// Answered from an earlier batch's record (this batch's records are
+					// undone): the write it reports happened, and that answer stands,
+					// once durable as above.
+					if a.journalErr != nil {
+						a.holdDurableWrites(batch[i:i+1], replies[i:i+1])
+					}
 					continue
 				}
 				if safe {
@@ -879,6 +889,13 @@ type compactResult struct {
 // finishCompaction puts the new journal in place with the frames appended meanwhile.
 func (a *Actor) finishCompaction(res compactResult) {
 	a.compacting = false
+	if res.err == nil && res.gen == a.compactGen {
+		// The delta is copied from the old journal's file: its durable:false frames go
+		// to the disk first, or a page lost to a write error would be copied as if it
+		// were a frame. If that fsync fails, the journal is rewritten from memory and
+		// this compaction is stale.
+		a.syncJournal()
+	}
 	switch {
 	case res.gen != a.compactGen || a.journal.Broken() != nil:
 		// A rewrite after a failure replaced the journal meanwhile (and closed the
@@ -1015,6 +1032,7 @@ func (a *Actor) makeIntentDurable(id persist.SnapshotID) error {
 		return err
 	}
 	a.durableRev = a.appendedRev
+	a.synced()
 	return nil
 }
 

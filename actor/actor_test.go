@@ -1311,3 +1311,61 @@ func TestReplacedFilesReleased(t *testing.T) {
 	}
 	require.Empty(t, retiredFiles(t, h.dir))
 }
+
+// A retry answered from an earlier batch's record, in a batch whose append fails, keeps
+// its answer: the write it reports happened. storage_error (executed: false) would be a
+// lie (from a review).
+func TestFailedBatchKeepsEarlierOutcomes(t *testing.T) {
+	h := newHarness(t, nil).start()
+	first := h.ok("put", `{"key":"a","value":{"v":1},"request_id":"r1"}`)
+	require.NoError(t, h.stop())
+	h.open() // queued before the actor runs: one batch
+	var failed atomic.Bool
+	h.fs.setFail(func(op, path string) error {
+		if op == "write" && strings.HasSuffix(path, ".journal") && failed.CompareAndSwap(false, true) {
+			return syscall.EIO
+		}
+		return nil
+	})
+	put := h.a.Submit("put", []byte(`{"key":"b","value":{}}`))
+	retry := h.a.Submit("put", []byte(`{"key":"a","value":{"v":1},"request_id":"r1"}`))
+	h.run()
+	require.Equal(t, ReasonStorage, (<-put).Err.Reason)
+	r := <-retry
+	require.Nil(t, r.Err)
+	var got map[string]any
+	require.NoError(t, json.Unmarshal(r.Result, &got))
+	require.Equal(t, first, got)
+	h.fs.setFail(nil)
+}
+
+// The intent's fsync makes durable:false outcomes durable too: they drop their bytes
+// then, not only at the next durable write (from a review).
+func TestIntentFsyncDropsOutcomeBytes(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.SyncInterval = time.Hour }).start()
+	h.ok("patch", `{"key":"k","merge":{"v":1},"request_id":"r","durable":false}`)
+	h.ok("flush", ``) // the snapshot's intent is fsync'd
+	require.NoError(t, h.stop())
+	require.Len(t, h.a.dedup.recs, 1)
+	require.Nil(t, h.a.dedup.recs[0].frag)
+}
+
+// A compaction copies its delta from the old journal's file, so the durable:false
+// frames in it are fsync'd there first (from a review).
+func TestCompactionSyncsDeltaFirst(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes, c.SyncInterval = 2048, time.Hour }).start()
+	for i := range 50 {
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"n":%d}}`, i%5, i))
+	}
+	entered, release := h.holdOnce("create", func(path string) bool { return strings.HasSuffix(path, ".journal") })
+	h.ok("flush", ``)
+	<-entered
+	h.ok("put", `{"key":"late","value":{},"durable":false}`)
+	before := h.fs.syncs.Load()
+	close(release)
+	require.Eventually(t, func() bool { return h.fs.syncs.Load() > before }, 5*time.Second, time.Millisecond)
+	h.fs.setFail(nil)
+	h.stopWithoutSnapshot()
+	h.start()
+	h.ok("get", `{"key":"late"}`)
+}

@@ -196,7 +196,9 @@ func (a *Actor) recover() error {
 		if err != nil {
 			return err
 		}
-		a.release(retired)
+		if retired != "" {
+			fsys.Remove(retired) //nolint:errcheck // at start nothing waits on the disk yet; a leftover goes at the next start
+		}
 		a.base, a.tail = id, nil
 	}
 	if a.stamp, err = persist.StatStamp(fsys, path); err != nil {
