@@ -1369,3 +1369,27 @@ func TestCompactionSyncsDeltaFirst(t *testing.T) {
 	h.start()
 	h.ok("get", `{"key":"late"}`)
 }
+
+// A request taken into a batch that is already running is checked against the clock
+// when it is taken, not at the batch's start: one that came after its deadline is
+// refused (from a review).
+func TestBatchTakesLaterRequestsAtTheirTime(t *testing.T) {
+	t0 := time.UnixMilli(1_800_000_000_000)
+	var calls atomic.Int64
+	h := newHarness(t, func(c *Config) {
+		c.Now = func() time.Time {
+			if calls.Add(1) == 1 {
+				return t0 // the batch's start
+			}
+			return t0.Add(10 * time.Millisecond)
+		}
+	}).open()
+	calls.Store(0)
+	first := h.a.Submit("put", []byte(`{"key":"a","value":{}}`))
+	late := h.a.Submit("put", fmt.Appendf(nil, `{"key":"b","value":{},"deadline_ms":%d}`, t0.UnixMilli()+5))
+	h.run()
+	require.Nil(t, (<-first).Err)
+	r := <-late
+	require.NotNil(t, r.Err)
+	require.Equal(t, ReasonDeadline, r.Err.Reason)
+}
