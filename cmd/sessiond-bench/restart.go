@@ -38,6 +38,11 @@ type RestartResult struct {
 	Writes    int       `json:"writes"`
 	Errors    int       `json:"errors"`
 	StoreSize int64     `json:"store_bytes"`
+	// Refused holds why each restart that did not go ahead was refused (the old image
+	// kept serving), and JournalBytes the journal's size at the end: under request_id
+	// load on large entries the journal outgrows what the preflight reads in time.
+	Refused      []string `json:"refused,omitempty"`
+	JournalBytes int64    `json:"journal_bytes"`
 }
 
 // runRestartScenario runs, for each shape, clients writing durable patches in closed
@@ -68,16 +73,20 @@ func runRestartScenario(ctx context.Context, e *env, clients, restarts int, out 
 			return fmt.Errorf("restart %s: %w", sh.Name, err)
 		}
 		res.Shape, res.StoreSize = sh, t.size
-		fmt.Fprintf(e.stderr, "restart %s: pauses %v ms, worst client %.1f ms\n", sh.Name, res.PausesMs, res.WorstMs)
+		fmt.Fprintf(e.stderr, "restart %s: pauses %v ms, refused %d, worst client %.1f ms, journal %.0f MB\n",
+			sh.Name, res.PausesMs, len(res.Refused), res.WorstMs, float64(res.JournalBytes)/1e6)
 		results = append(results, res)
 	}
-	fmt.Fprintf(stdout, "| store | entries | MB | restarts | pause median ms | pause max ms | worst client write ms | client p99 ms | writes | errors |\n")
-	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(stdout, "| store | entries | MB | restarts | refused | pause median ms | pause max ms | worst client write ms | client p99 ms | writes | errors | journal MB at the end |\n")
+	fmt.Fprintf(stdout, "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		p := slices.Clone(r.PausesMs)
-		slices.Sort(p)
-		fmt.Fprintf(stdout, "| %s | %d | %.1f | %d | %.1f | %.1f | %.1f | %.2f | %d | %d |\n", r.Shape.Name, r.Shape.Entries,
-			float64(r.StoreSize)/1e6, r.Restarts, p[len(p)/2], p[len(p)-1], r.WorstMs, r.P99Ms, r.Writes, r.Errors)
+		median, worst := "–", "–"
+		if p := slices.Sorted(slices.Values(r.PausesMs)); len(p) > 0 {
+			median, worst = fmt.Sprintf("%.1f", p[len(p)/2]), fmt.Sprintf("%.1f", p[len(p)-1])
+		}
+		fmt.Fprintf(stdout, "| %s | %d | %.1f | %d | %d | %s | %s | %.1f | %.2f | %d | %d | %.0f |\n", r.Shape.Name, r.Shape.Entries,
+			float64(r.StoreSize)/1e6, r.Restarts, len(r.Refused), median, worst, r.WorstMs, r.P99Ms, r.Writes, r.Errors,
+			float64(r.JournalBytes)/1e6)
 	}
 	if out == "" {
 		return nil
@@ -141,6 +150,7 @@ func restartRun(ctx context.Context, e *env, t *storeTemplate, store string, cli
 		if err := syscall.Kill(d.pid(), syscall.SIGUSR1); err != nil {
 			return res, err
 		}
+		refused := false
 		for {
 			st, err := admin.Status(ctx)
 			if err != nil {
@@ -150,16 +160,24 @@ func restartRun(ctx context.Context, e *env, t *storeTemplate, store string, cli
 				break
 			}
 			if st.RestartsFailed > before.RestartsFailed {
-				return res, fmt.Errorf("restart refused: %s", st.RestartError)
+				res.Refused = append(res.Refused, st.RestartError)
+				fmt.Fprintf(e.stderr, "restart refused after %s: %s\n", time.Since(t0).Round(time.Millisecond), st.RestartError)
+				refused = true
+				break
 			}
 			time.Sleep(time.Millisecond) // polling for the first answer of the new image
 		}
-		res.PausesMs = append(res.PausesMs, float64(time.Since(t0).Microseconds())/1000)
-		res.Restarts++
+		if !refused {
+			res.PausesMs = append(res.PausesMs, float64(time.Since(t0).Microseconds())/1000)
+			res.Restarts++
+		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	close(stop)
 	wg.Wait()
+	if fi, err := os.Stat(store + ".journal"); err == nil {
+		res.JournalBytes = fi.Size()
+	}
 	s := summarize(lat)
 	res.Writes, res.P99Ms = s.Count, s.P99ms
 	res.WorstMs = float64(slices.Max(lat).Microseconds()) / 1000

@@ -144,4 +144,5 @@ func TestRestartSmoke(t *testing.T) {
 	err := run(context.Background(), []string{"-smoke", "-scenario", "restart", "-out", t.TempDir()}, &stdout, &stderr)
 	require.NoError(t, err, stderr.String())
 	require.Contains(t, stdout.String(), "| 1k | 20 |", stdout.String())
+	require.Contains(t, stdout.String(), "| 2 | 0 |", "two restarts, none refused")
 }
