@@ -1393,3 +1393,21 @@ func TestBatchTakesLaterRequestsAtTheirTime(t *testing.T) {
 	require.NotNil(t, r.Err)
 	require.Equal(t, ReasonDeadline, r.Err.Reason)
 }
+
+// A compaction that cannot fit its checkpoint (the window's outcomes over 1 GiB) is not
+// tried again after every snapshot, only once the journal has doubled.
+func TestTooLargeCompactionBacksOff(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.CompactBytes = 1024 }).open()
+	for i := range 20 {
+		ch := h.a.Submit("put", fmt.Appendf(nil, `{"key":"k%d","value":{"pad":%q}}`, i, strings.Repeat("x", 200)))
+		h.a.runBatch(<-h.a.mailbox)
+		require.Nil(t, (<-ch).Err)
+	}
+	size := h.a.journal.Size()
+	require.Greater(t, size, 2*h.a.compactBase, "a compaction is due")
+	h.a.compacting = true
+	h.a.finishCompaction(compactResult{gen: h.a.compactGen, err: fmt.Errorf("write journal: %w", persist.ErrCheckpointTooLarge)})
+	require.Equal(t, size, h.a.compactBase, "the next try waits for the journal to double")
+	require.Empty(t, h.a.Stats().Degraded, "writes carry on")
+	require.NoError(t, h.a.Close())
+}
