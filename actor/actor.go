@@ -19,10 +19,13 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"sessiond/persist"
 )
@@ -802,6 +805,24 @@ func (a *Actor) switchJournal(j *persist.Journal) {
 	a.held = nil
 }
 
+// backgroundNice is the nice value of the threads that write snapshots and new journals.
+const backgroundNice = 10
+
+// background lowers the CPU priority of the calling goroutine's thread to
+// backgroundNice, for the rest of the goroutine, which must not unlock it: when the
+// goroutine ends, its thread ends with it (an unprivileged process could not raise it
+// back). A snapshot or a new journal copies tens of megabytes; at the same priority its
+// thread takes a core from the actor and the connections for as long. Best effort: it
+// leaves the main thread alone, which Go parks for good instead of ending it.
+func background() {
+	runtime.LockOSThread()
+	if tid := unix.Gettid(); tid != unix.Getpid() {
+		unix.Setpriority(unix.PRIO_PROCESS, tid, backgroundNice) //nolint:errcheck // best effort
+		return
+	}
+	runtime.UnlockOSThread()
+}
+
 // release frees a replaced file's blocks in the background, a stretch at a time: all at
 // once, they stall every fsync on the file system, the journal's too.
 func (a *Actor) release(name string) {
@@ -870,6 +891,7 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 	gen, plan := a.compactGen, a.journalContents()
 	before, dedupEnd := a.journal.Size(), a.dedup.end()
 	go func() {
+		background()
 		start := time.Now()
 		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, plan.write)
 		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start, plan: plan, dedupEnd: dedupEnd}
@@ -984,6 +1006,7 @@ func (a *Actor) startSnapshot() {
 // writeSnapshot runs on its own goroutine; it talks to the actor only through the
 // intents and snapDone channels.
 func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
+	background()
 	start := time.Now()
 	var res snapResult
 	var mine persist.Stamp

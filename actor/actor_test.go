@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 
 	"sessiond/persist"
 )
@@ -1410,4 +1411,35 @@ func TestTooLargeCompactionBacksOff(t *testing.T) {
 	require.Equal(t, size, h.a.compactBase, "the next try waits for the journal to double")
 	require.Empty(t, h.a.Stats().Degraded, "writes carry on")
 	require.NoError(t, h.a.Close())
+}
+
+// The goroutines that write snapshots and new journals run on a thread of lower CPU
+// priority, which ends with them.
+func TestBackgroundLowersItsThreadOnly(t *testing.T) {
+	nice := func() int {
+		prio, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+		require.NoError(t, err)
+		return 20 - prio // the raw syscall's value
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := nice()
+	type thread struct{ tid, nice int }
+	got := make(chan thread, 1)
+	var th thread
+	for th.tid == 0 || th.tid == os.Getpid() { // background leaves the main thread alone
+		go func() {
+			background()
+			tid := unix.Gettid()
+			prio, _ := unix.Getpriority(unix.PRIO_PROCESS, tid)
+			got <- thread{tid, 20 - prio}
+		}()
+		th = <-got
+	}
+	require.Equal(t, backgroundNice, th.nice)
+	require.Equal(t, before, nice(), "the test's own thread is untouched")
+	require.Eventually(t, func() bool { // and the thread went with its goroutine
+		_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", th.tid))
+		return errors.Is(err, os.ErrNotExist)
+	}, 5*time.Second, time.Millisecond)
 }
