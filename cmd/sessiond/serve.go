@@ -319,6 +319,11 @@ func (d *daemon) prepareRestart() error {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.shutdownTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, d.exe, append([]string{"serve", "--check"}, d.args...)...)
+	// A preflight that outlives the timeout is killed with anything it started (its own
+	// process group), and a child that still holds its output cannot hold the restart up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = time.Second
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	cmd.Env = envWithout(os.Environ(), "NOTIFY_SOCKET")

@@ -455,3 +455,31 @@ func TestSystemdNotify(t *testing.T) {
 	require.NoError(t, d.wait())
 	require.True(t, bytes.Contains([]byte(d.stderr.String()), []byte("sessiond stopped")))
 }
+
+// A preflight that does not finish within --shutdown-timeout is killed and the restart
+// refused; a child it left holding its output does not hold the restart up.
+func TestRestartRefusedWhenPreflightHangs(t *testing.T) {
+	dir := newDir(t)
+	exe := filepath.Join(dir, "sessiond")
+	copyFile(t, bin, exe, 0o755)
+	d := launchWith(t, dir, exe, nil, "--shutdown-timeout", "1s")
+	d.waitReady()
+	c := d.client()
+	require.NoError(t, os.WriteFile(exe+".tmp", []byte("#!/bin/sh\nsleep 60\n"), 0o755))
+	require.NoError(t, os.Rename(exe+".tmp", exe))
+	restartFails(t, d, c, "killed")     // within its 30 s, not when the child's sleep ends
+	require.Eventually(t, func() bool { // and the child went with it
+		procs, err := os.ReadDir("/proc")
+		require.NoError(t, err)
+		for _, p := range procs {
+			cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+			if err == nil && string(cmdline) == "sleep\x0060\x00" {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+	_, err := c.Put(ctxTimeout(t, time.Minute), "a", map[string]any{"v": 1})
+	require.NoError(t, err)
+	d.stop()
+}
