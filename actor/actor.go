@@ -647,6 +647,8 @@ type journalPlan struct {
 	tail     []persist.Record
 }
 
+// journalContents takes, on the actor goroutine, what a new journal written now must
+// hold; its write may then run anywhere.
 func (a *Actor) journalContents() *journalPlan {
 	p := &journalPlan{dedupSeq: a.dedup.base, intents: slices.Clone(a.intentsOut), tail: a.tailRecords()}
 	p.cp = &persist.Checkpoint{Rev: a.rev, Snapshot: a.base, Dedup: a.dedup.all()}
