@@ -28,8 +28,9 @@ func TestSmoke(t *testing.T) {
 	var rep Report
 	require.NoError(t, json.Unmarshal(b, &rep))
 	require.True(t, rep.Smoke)
-	require.Len(t, rep.Fsync, 2)
+	require.Len(t, rep.Fsync, 4)
 	require.Positive(t, rep.FsyncMs)
+	require.Positive(t, rep.FsyncAllocMs)
 
 	kinds := map[string]bool{}
 	for _, r := range rep.Results {
