@@ -230,20 +230,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "sessiond-bench: %d runs planned; daemon %s; stores in %s\n", len(cells), e.daemonBin, e.workdir)
 
 	probe := func(when string) error {
-		for _, allocated := range []bool{false, true} {
-			lat, err := probeFsync(e.workdir, 200, allocated)
-			if err != nil {
-				return err
-			}
-			s := summarize(lat)
-			p := FsyncProbe{When: when, Kind: probeAppend, Samples: s.Count, MedianMs: s.P50ms, P99ms: s.P99ms}
-			if allocated {
-				p.Kind = probeAllocated
-			}
-			rep.Fsync = append(rep.Fsync, p)
-			rep.fsyncSamples[p.Kind] = append(rep.fsyncSamples[p.Kind], lat...)
-			fmt.Fprintf(stderr, "fsync probe (%s, %s): median %.3f ms, p99 %.3f ms\n", when, p.Kind, s.P50ms, s.P99ms)
+		lat, err := probeFsync(e.workdir, 200)
+		if err != nil {
+			return err
 		}
+		s := summarize(lat)
+		rep.Fsync = append(rep.Fsync, FsyncProbe{When: when, Samples: s.Count, MedianMs: s.P50ms, P99ms: s.P99ms})
+		rep.fsyncSamples = append(rep.fsyncSamples, lat...)
+		fmt.Fprintf(stderr, "fsync probe (%s): median %.3f ms, p99 %.3f ms\n", when, s.P50ms, s.P99ms)
 		return nil
 	}
 	if err := probe("start"); err != nil {

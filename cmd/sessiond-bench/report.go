@@ -120,24 +120,21 @@ type Machine struct {
 
 // Report is results.json.
 type Report struct {
-	Command string       `json:"command"`
-	Started time.Time    `json:"started"`
-	TookS   float64      `json:"took_s"`
-	Machine Machine      `json:"machine"`
-	Smoke   bool         `json:"smoke,omitempty"`
-	Fsync   []FsyncProbe `json:"fsync"`
-	FsyncMs float64      `json:"fsync_median_ms"` // median of every append probe sample
-	// FsyncAllocMs is the median of every allocated probe sample: the fsync the journal
-	// does, which the 1-client goal is measured against.
-	FsyncAllocMs float64  `json:"fsync_allocated_median_ms"`
-	Goals        []Goal   `json:"goals"`
-	Capped       []string `json:"capped"`
-	Results      []Result `json:"results"`
-	LogLevel     string   `json:"daemon_log_level"` // "" : debug for the snapshot runs, info for the others
+	Command  string       `json:"command"`
+	Started  time.Time    `json:"started"`
+	TookS    float64      `json:"took_s"`
+	Machine  Machine      `json:"machine"`
+	Smoke    bool         `json:"smoke,omitempty"`
+	Fsync    []FsyncProbe `json:"fsync"`
+	FsyncMs  float64      `json:"fsync_median_ms"` // median of every probe sample
+	Goals    []Goal       `json:"goals"`
+	Capped   []string     `json:"capped"`
+	Results  []Result     `json:"results"`
+	LogLevel string       `json:"daemon_log_level"` // "" : debug for the snapshot runs, info for the others
 	// BaselineParse is the parse mode of the baseline runs outside the goal group.
 	BaselineParse string `json:"baseline_parse"`
 
-	fsyncSamples map[string][]time.Duration // by FsyncProbe.Kind
+	fsyncSamples []time.Duration
 }
 
 func newReport(cfg *config, started time.Time) *Report {
@@ -160,15 +157,13 @@ func newReport(cfg *config, started time.Time) *Report {
 		LogLevel: cfg.logLevel,
 
 		BaselineParse: cfg.baselineParse,
-		fsyncSamples:  make(map[string][]time.Duration),
 	}
 }
 
 // finish computes the pooled fsync median and the goals.
 func (r *Report) finish(took time.Duration) {
 	r.TookS = took.Seconds()
-	r.FsyncMs = ms(median(r.fsyncSamples[probeAppend]))
-	r.FsyncAllocMs = ms(median(r.fsyncSamples[probeAllocated]))
+	r.FsyncMs = ms(median(r.fsyncSamples))
 	r.Goals = r.goals()
 }
 
@@ -254,14 +249,12 @@ func (r *Report) goals() []Goal {
 				errs == 0 && dropped > 0})
 		}
 	}
-	if len(one) > 0 && r.FsyncAllocMs > 0 {
-		// Against the fsync the journal does: what a durable write cannot do without.
+	if len(one) > 0 && r.FsyncMs > 0 {
 		p50 := medianOf(one, func(x Result) float64 { return x.Latency.P50ms })
 		goals = append(goals, Goal{fmt.Sprintf("durable patch, %s store, 1 client: p50", one[0].Shape),
 			"<= 2x one fsync",
-			fmt.Sprintf("%.3f ms = %.2fx the fsync median %.3f ms into allocated space (%.2fx the %.3f ms of a plain append's) (median of %d)",
-				p50, p50/r.FsyncAllocMs, r.FsyncAllocMs, p50/r.FsyncMs, r.FsyncMs, len(one)),
-			p50 <= 2*r.FsyncAllocMs})
+			fmt.Sprintf("%.3f ms = %.2fx the fsync median %.3f ms (median of %d)", p50, p50/r.FsyncMs, r.FsyncMs, len(one)),
+			p50 <= 2*r.FsyncMs})
 	}
 	on := r.pick(Result{Group: groupSnapshots, System: systemSessiond})
 	var with, without, noIDs []Result
@@ -368,13 +361,11 @@ func (r *Report) markdown() string {
 	p("Run %s, took %.0f s, %d CPUs, %s, kernel %s, commit %s; daemon log level %s. ",
 		r.Started.Format(time.RFC3339), r.TookS, r.Machine.CPUs, r.Machine.GoVersion, r.Machine.Kernel, r.Machine.Commit, level)
 	p("Clients, daemon and baseline writers share the machine. Latencies are of successful operations, in ms; " +
-		"open-loop latencies count from the intended send time. One fsync (write 700 B after the last + fsync, 200 samples) " +
-		"at the start and end of the run, of two kinds: *append*, where each write grows the file, and *allocated*, " +
-		"into space allocated ahead as the journal does it:")
+		"open-loop latencies count from the intended send time. One fsync (append 700 B + fsync, 200 samples) at the start and end of the run:")
 	for _, f := range r.Fsync {
-		p(" %s %s median %.3f ms, p99 %.3f ms;", f.When, f.Kind, f.MedianMs, f.P99ms)
+		p(" %s median %.3f ms, p99 %.3f ms;", f.When, f.MedianMs, f.P99ms)
 	}
-	p(" pooled medians: append **%.3f ms**, allocated **%.3f ms**.\n\n", r.FsyncMs, r.FsyncAllocMs)
+	p(" pooled median **%.3f ms**.\n\n", r.FsyncMs)
 
 	if len(r.Goals) > 0 {
 		p("#### Goals of issue 4\n\n| goal | target | measured | met |\n|---|---|---|---|\n")

@@ -39,8 +39,7 @@ type RestartResult struct {
 	Errors    int       `json:"errors"`
 	StoreSize int64     `json:"store_bytes"`
 	// Refused holds why each restart that did not go ahead was refused (the old image
-	// kept serving), and JournalBytes the journal file's size at the end (with up to 4 MiB
-	// allocated ahead of its last record): under request_id
+	// kept serving), and JournalBytes the journal's size at the end: under request_id
 	// load on large entries the journal outgrows what the preflight reads in time.
 	Refused      []string `json:"refused,omitempty"`
 	JournalBytes int64    `json:"journal_bytes"`
