@@ -1,6 +1,7 @@
 package actor
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,11 +57,11 @@ func (f *faultFS) TruncateSync(path string, size int64) error {
 	return f.OS.TruncateSync(path, size)
 }
 
-func (f *faultFS) OpenFile(path string) (persist.File, error) {
+func (f *faultFS) OpenAppend(path string) (persist.File, error) {
 	if err := f.check("open", path); err != nil {
 		return nil, err
 	}
-	file, err := f.OS.OpenFile(path)
+	file, err := f.OS.OpenAppend(path)
 	if err != nil {
 		return nil, err
 	}
@@ -84,20 +85,13 @@ type faultFile struct {
 	f    persist.File
 }
 
-func (w *faultFile) WriteAt(p []byte, off int64) (int, error) {
+func (w *faultFile) Write(p []byte) (int, error) {
 	if err := w.fs.check("write", w.path); err != nil {
 		// A failing disk may take part of the write: that is the torn tail case.
-		n, _ := w.f.WriteAt(p[:len(p)/2], off)
+		n, _ := w.f.Write(p[:len(p)/2])
 		return n, err
 	}
-	return w.f.WriteAt(p, off)
-}
-
-func (w *faultFile) Allocate(off, n int64) error {
-	if err := w.fs.check("allocate", w.path); err != nil {
-		return err
-	}
-	return w.f.Allocate(off, n)
+	return w.f.Write(p)
 }
 
 func (w *faultFile) Sync() error {
@@ -154,6 +148,6 @@ func readFile(path string) string {
 	return string(b)
 }
 
-var _ persist.File = (*faultFile)(nil)
+var _ io.Writer = (*faultFile)(nil)
 
 func storePath(dir string) string { return filepath.Join(dir, "sessions.json") }

@@ -24,8 +24,8 @@ type FS interface {
 	// NewPending starts a file that replaces path atomically (temp file in the same
 	// directory, mode 0600).
 	NewPending(path string) (Pending, error)
-	// OpenFile opens an existing file for writing and reading at an offset.
-	OpenFile(path string) (File, error)
+	// OpenAppend opens an existing file for appending, and for reading at an offset.
+	OpenAppend(path string) (File, error)
 	// SyncDir fsyncs a directory so that a rename in it survives power loss.
 	SyncDir(dir string) error
 	// TruncateSync cuts the file at path to size through a new descriptor and fsyncs
@@ -37,14 +37,10 @@ type FS interface {
 	Shrink(name string, step int64, pause time.Duration, stop <-chan struct{}) error
 }
 
-// File is an open file that is written and read at an offset, and synced.
+// File is an open file that is written and synced, and read at an offset.
 type File interface {
-	io.WriterAt
+	io.Writer
 	io.ReaderAt
-	// Allocate reserves disk space for n bytes at off, growing the file if they are past
-	// its end (the new part reads as zeros): writes there later change no file size, and
-	// most of their fsyncs have no metadata to commit (see Journal.Append).
-	Allocate(off, n int64) error
 	Sync() error
 	Close() error
 }
@@ -68,36 +64,7 @@ func (OS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath
 func (OS) Link(oldpath, newpath string) error         { return os.Link(oldpath, newpath) }
 func (OS) Remove(name string) error                   { return os.Remove(name) }
 func (OS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name) }
-
-// OpenFile opens path read-write.
-func (OS) OpenFile(path string) (File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
-	}
-	return osFile{f}, nil
-}
-
-type osFile struct{ *os.File }
-
-// Allocate is fallocate(2) in its default mode: the blocks are reserved as unwritten
-// extents and the size grows.
-func (f osFile) Allocate(off, n int64) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if cerr := rc.Control(func(fd uintptr) {
-		ferr = unix.Fallocate(int(fd), 0, off, n)
-	}); cerr != nil {
-		return cerr
-	}
-	if ferr != nil {
-		return os.NewSyscallError("fallocate", ferr)
-	}
-	return nil
-}
+func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0) }
 
 // NewPending uses renameio with the temp file forced into the target's directory: a
 // TMPDIR on another file system would make the rename fail, and a temp file elsewhere

@@ -2,7 +2,6 @@ package persist
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
@@ -386,10 +385,8 @@ func ReadJournal(fsys FS, path string) (*Replay, error) {
 	return r, nil
 }
 
-// DecodeJournal decodes a journal's bytes. Zeros after the last frame are space allocated
-// ahead for appends (Journal.Append): the journal ends where they start. A damaged or
-// incomplete last frame is reported in TornAt; a damaged frame with intact frames after
-// it is ErrCorrupt.
+// DecodeJournal decodes a journal's bytes. A damaged or incomplete last frame is reported
+// in TornAt; a damaged frame with intact frames after it is ErrCorrupt.
 func DecodeJournal(data []byte) (*Replay, error) {
 	r := &Replay{TornAt: -1}
 	off := 0
@@ -400,9 +397,6 @@ func DecodeJournal(data []byte) (*Replay, error) {
 				// A journal is put in place whole (temp file, fsync, rename), so its
 				// first frame is never a crash leftover.
 				return nil, fmt.Errorf("%w: first frame: %s", ErrCorrupt, why)
-			}
-			if zeros(data[off:]) {
-				break
 			}
 			if laterFrameIntact(data, off+1) {
 				return nil, fmt.Errorf("%w: frame at offset %d: %s, and intact records follow it", ErrCorrupt, off, why)
@@ -444,11 +438,10 @@ func nextFrame(data []byte, off int) (payload []byte, next int, why string) {
 }
 
 // laterFrameIntact reports whether intact frames follow a damaged one, running on to the
-// end of the file or to the zeros allocated ahead. A torn append leaves garbage only at
-// the very end; intact frames after the damage mean a record in the middle went bad, and
-// dropping everything after it would drop acknowledged writes. Requiring the chain to
-// reach the end keeps bytes that merely look like a frame (a client's key, say) inside a
-// torn record from counting.
+// end of the file. A torn append leaves garbage only at the very end; intact frames after
+// the damage mean a record in the middle went bad, and dropping everything after it would
+// drop acknowledged writes. Requiring the chain to reach the end keeps bytes that merely
+// look like a frame (a client's key, say) inside a torn record from counting.
 func laterFrameIntact(data []byte, from int) bool {
 	for off := from; off+frameHeader < len(data); off++ {
 		if chainsToEnd(data, off) {
@@ -459,20 +452,15 @@ func laterFrameIntact(data []byte, from int) bool {
 }
 
 func chainsToEnd(data []byte, off int) bool {
-	for start := off; off < len(data); {
+	for off < len(data) {
 		payload, next, why := nextFrame(data, off)
-		if why != "" {
-			return off > start && zeros(data[off:])
-		}
-		if payload[0] < recCheckpoint || payload[0] > recDone {
+		if why != "" || payload[0] < recCheckpoint || payload[0] > recDone {
 			return false
 		}
 		off = next
 	}
 	return true
 }
-
-func zeros(b []byte) bool { return len(bytes.TrimLeft(b, "\x00")) == 0 }
 
 func (r *Replay) decode(p []byte, off int) error {
 	d := decoder{b: p, end: off + frameHeader + len(p)}
@@ -659,15 +647,10 @@ type Journal struct {
 	fsys    FS
 	f       File
 	path    string
-	size    int64 // where the next frame goes
-	alloc   int64 // the file's size: frames, then space allocated ahead
-	noAlloc bool  // allocating failed once: plain appends from then on
+	size    int64
 	broken  error
 	retired string // the journal this one replaced, under a temp name
 }
-
-// allocStep is how far past the last frame Append allocates the journal's space.
-const allocStep = 4 << 20
 
 // Contents writes what a new journal starts with (a checkpoint and the records to keep)
 // to w. It returns the first error of w.
@@ -684,8 +667,7 @@ func CreateJournal(fsys FS, path string, contents Contents) (*Journal, error) {
 }
 
 // OpenJournal opens the existing journal at path for appending, first cutting it to size
-// (dropping a torn tail or the space allocated ahead) when it is longer: what a start does
-// with a journal it can keep.
+// (dropping a torn tail) when it is longer: what a start does with a journal it can keep.
 func OpenJournal(fsys FS, path string, size int64) (*Journal, error) {
 	fi, err := fsys.Stat(path)
 	if err != nil {
@@ -696,11 +678,11 @@ func OpenJournal(fsys FS, path string, size int64) (*Journal, error) {
 			return nil, err
 		}
 	}
-	f, err := fsys.OpenFile(path)
+	f, err := fsys.OpenAppend(path)
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	return &Journal{fsys: fsys, f: f, path: path, size: size, alloc: size}, nil
+	return &Journal{fsys: fsys, f: f, path: path, size: size}, nil
 }
 
 // NextJournal is a journal written beside the current one but not yet in its place: the
@@ -772,38 +754,23 @@ func (n *NextJournal) Commit(delta io.Reader) (*Journal, error) {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: %s: %w", ErrReplaced, n.path, err)
 	}
-	f, err := n.fsys.OpenFile(n.path)
+	f, err := n.fsys.OpenAppend(n.path)
 	if err != nil {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
 	}
-	size := n.size + copied
-	return &Journal{fsys: n.fsys, f: f, path: n.path, size: size, alloc: size, retired: retired}, nil
+	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + copied, retired: retired}, nil
 }
 
 // Abort removes the temp file.
 func (n *NextJournal) Abort() { n.p.Cleanup() }
 
 // Append writes b (whole frames) at the end of the journal without syncing.
-//
-// The file's space is allocated ahead of the frames, allocStep at a time (fallocate):
-// an fsync after writing into it has no file size to commit, and after the first write
-// into a block no extent either, only the data. On this project's disk that fsync takes
-// about a third less time than one after a plain append. If allocating fails (no room,
-// or not supported) the journal is appended to plainly, and the write reports what is
-// wrong.
 func (j *Journal) Append(b []byte) error {
 	if j.broken != nil {
 		return j.broken
 	}
-	if end := j.size + int64(len(b)); end > j.alloc && !j.noAlloc {
-		if err := j.f.Allocate(j.alloc, end+allocStep-j.alloc); err != nil {
-			j.noAlloc = true
-		} else {
-			j.alloc = end + allocStep
-		}
-	}
-	n, err := j.f.WriteAt(b, j.size)
+	n, err := j.f.Write(b)
 	j.size += int64(n)
 	if err != nil {
 		j.broken = fmt.Errorf("%w: append to %s: %w", ErrBroken, j.path, err)
@@ -834,7 +801,7 @@ func (j *Journal) Cut(size int64) error {
 	if err := j.fsys.TruncateSync(j.path, size); err != nil {
 		return err
 	}
-	j.size, j.alloc = size, size
+	j.size = size
 	return nil
 }
 
@@ -850,8 +817,7 @@ func (j *Journal) Retire(err error) {
 // frees it with ReleaseFile once it has closed that journal.
 func (j *Journal) Retired() string { return j.retired }
 
-// Size is the journal's length: where its next frame goes. The file is longer by the
-// space allocated ahead.
+// Size is the number of bytes in the journal file.
 func (j *Journal) Size() int64 { return j.size }
 
 // Reader reads the journal file at an offset (FragRefs, with ReadFrag); safe for
