@@ -281,11 +281,15 @@ func (c *Checkpoint) pieces(place bool, emit func([]byte) []byte) error {
 		next()
 	}
 	b = binary.AppendUvarint(b, uint64(len(c.Dedup)))
+	var frags io.ReaderAt // nil stays nil: readFrag says there is nothing to read
+	if c.Frags != nil {
+		frags = &readAhead{r: c.Frags}
+	}
 	var fragBuf []byte
 	for i := range c.Dedup {
 		d := c.Dedup[i]
 		if d.Frag == nil && d.Ref.Len > 0 {
-			frag, err := readFrag(c.Frags, d.Ref, fragBuf)
+			frag, err := readFrag(frags, d.Ref, fragBuf)
 			if err != nil {
 				return fmt.Errorf("checkpoint: request_id %q: %w", d.ID, err)
 			}
@@ -304,6 +308,36 @@ func (c *Checkpoint) pieces(place bool, emit func([]byte) []byte) error {
 	}
 	emit(b)
 	return nil
+}
+
+// readAhead reads r a window at a time. A checkpoint reads its outcomes back in
+// journal order, typically a few hundred bytes each: with a pread for each, the
+// syscalls were most of a compaction's CPU.
+type readAhead struct {
+	r   io.ReaderAt
+	win []byte // r's bytes from at on
+	at  int64
+}
+
+const readAheadSize = 1 << 20
+
+func (ra *readAhead) ReadAt(p []byte, off int64) (int, error) {
+	if off >= ra.at && off+int64(len(p)) <= ra.at+int64(len(ra.win)) {
+		return copy(p, ra.win[off-ra.at:]), nil
+	}
+	if len(p) >= readAheadSize/2 {
+		return ra.r.ReadAt(p, off)
+	}
+	if ra.win == nil {
+		ra.win = make([]byte, readAheadSize)
+	}
+	// A window that ends early (the end of the file, or an error past p) still serves p.
+	n, err := ra.r.ReadAt(ra.win[:cap(ra.win)], off)
+	ra.win, ra.at = ra.win[:n], off
+	if n >= len(p) {
+		err = nil
+	}
+	return copy(p, ra.win), err
 }
 
 func frame(buf []byte, payload func([]byte) []byte) []byte {

@@ -114,6 +114,56 @@ func TestFragRefs(t *testing.T) {
 	require.Error(t, WriteCheckpoint(io.Discard, spilled))
 }
 
+// countingReaderAt counts the reads of an io.ReaderAt.
+type countingReaderAt struct {
+	io.ReaderAt
+	reads int
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	c.reads++
+	return c.ReaderAt.ReadAt(p, off)
+}
+
+// spilledCheckpoint is a checkpoint of n outcomes of size bytes each, held only as Refs
+// into the returned journal bytes, and the same checkpoint with the bytes in memory.
+func spilledCheckpoint(n, size int) (spilled, inMemory *Checkpoint, journal []byte) {
+	spilled = &Checkpoint{Snapshot: SnapshotID{Size: -1}}
+	inMemory = &Checkpoint{Snapshot: SnapshotID{Size: -1}}
+	for i := range n {
+		frag := bytes.Repeat([]byte{byte('a' + i%26)}, size)
+		journal = append(journal, "frame header"...)
+		ref := refAt(len(journal), frag)
+		journal = append(journal, frag...)
+		d := Dedup{ID: fmt.Sprint("r", i), Time: int64(i), Body: []byte(`{"key":"k","rev":1`)}
+		inMemory.Dedup = append(inMemory.Dedup, d)
+		inMemory.Dedup[i].Frag = frag
+		d.Ref = ref
+		spilled.Dedup = append(spilled.Dedup, d)
+	}
+	return spilled, inMemory, journal
+}
+
+// A checkpoint reads its outcomes back a window at a time, not with a read each; a
+// large one is read on its own.
+func TestCheckpointReadsAhead(t *testing.T) {
+	spilled, inMemory, journal := spilledCheckpoint(3000, 700) // 2 MB: three windows
+	big, bigInMemory, _ := spilledCheckpoint(1, readAheadSize)
+	big.Dedup[0].Ref.At += int64(len(journal))
+	big.Dedup[0].ID, bigInMemory.Dedup[0].ID = "big", "big"
+	journal = append(journal, make([]byte, 12)...)
+	journal = append(journal, bytes.Repeat([]byte{'a'}, readAheadSize)...)
+	spilled.Dedup = append(spilled.Dedup, big.Dedup[0])
+	inMemory.Dedup = append(inMemory.Dedup, bigInMemory.Dedup[0])
+
+	frags := &countingReaderAt{ReaderAt: bytes.NewReader(journal)}
+	spilled.Frags = frags
+	var out bytes.Buffer
+	require.NoError(t, WriteCheckpoint(&out, spilled))
+	require.Equal(t, appendCheckpoint(t, nil, inMemory), out.Bytes())
+	require.Equal(t, 2*(3+1), frags.reads, "two passes, each three windows and the large outcome")
+}
+
 // WriteCheckpoint writes what AppendCheckpoint appends, also when the checkpoint spans
 // many pieces (many keys, large dedup records), and reports the writer's error.
 func TestWriteCheckpoint(t *testing.T) {
