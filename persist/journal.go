@@ -310,22 +310,32 @@ func (c *Checkpoint) pieces(place bool, emit func([]byte) []byte) error {
 	return nil
 }
 
-// readAhead reads r a window at a time. A checkpoint reads its outcomes back in
-// journal order, typically a few hundred bytes each: with a pread for each, the
-// syscalls were most of a compaction's CPU.
+// readAhead reads r a window at a time where the reads are dense. A checkpoint reads
+// its outcomes back in journal order, typically a few hundred bytes each a few hundred
+// bytes apart: with a pread for each, the syscalls were most of a compaction's CPU.
+// A read that starts far from where the one before ended (outcomes between large
+// records that none refers to), or of half a window or more, goes straight to r:
+// copying a window for it would cost more than the syscall saved.
 type readAhead struct {
-	r   io.ReaderAt
-	win []byte // r's bytes from at on
-	at  int64
+	r    io.ReaderAt
+	win  []byte // r's bytes from at on
+	at   int64
+	last int64 // where the last read ended
 }
 
-const readAheadSize = 1 << 20
+const (
+	readAheadSize = 64 << 10
+	readAheadGap  = 4 << 10 // the most a read may skip and still count as dense
+)
 
 func (ra *readAhead) ReadAt(p []byte, off int64) (int, error) {
 	if off >= ra.at && off+int64(len(p)) <= ra.at+int64(len(ra.win)) {
+		ra.last = off + int64(len(p))
 		return copy(p, ra.win[off-ra.at:]), nil
 	}
-	if len(p) >= readAheadSize/2 {
+	dense := off >= ra.last && off-ra.last <= readAheadGap
+	ra.last = off + int64(len(p))
+	if !dense || len(p) >= readAheadSize/2 {
 		return ra.r.ReadAt(p, off)
 	}
 	if ra.win == nil {

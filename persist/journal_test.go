@@ -127,11 +127,13 @@ func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
 
 // spilledCheckpoint is a checkpoint of n outcomes of size bytes each, held only as Refs
 // into the returned journal bytes, and the same checkpoint with the bytes in memory.
-func spilledCheckpoint(n, size int) (spilled, inMemory *Checkpoint, journal []byte) {
+// Between two outcomes the journal has gap bytes that none refers to.
+func spilledCheckpoint(n, size, gap int) (spilled, inMemory *Checkpoint, journal []byte) {
 	spilled = &Checkpoint{Snapshot: SnapshotID{Size: -1}}
 	inMemory = &Checkpoint{Snapshot: SnapshotID{Size: -1}}
 	for i := range n {
 		frag := bytes.Repeat([]byte{byte('a' + i%26)}, size)
+		journal = append(journal, make([]byte, gap)...)
 		journal = append(journal, "frame header"...)
 		ref := refAt(len(journal), frag)
 		journal = append(journal, frag...)
@@ -147,8 +149,9 @@ func spilledCheckpoint(n, size int) (spilled, inMemory *Checkpoint, journal []by
 // A checkpoint reads its outcomes back a window at a time, not with a read each; a
 // large one is read on its own.
 func TestCheckpointReadsAhead(t *testing.T) {
-	spilled, inMemory, journal := spilledCheckpoint(3000, 700) // 2 MB: three windows
-	big, bigInMemory, _ := spilledCheckpoint(1, readAheadSize)
+	// 512 bytes an outcome with its frame header: ten windows' worth.
+	spilled, inMemory, journal := spilledCheckpoint(10*readAheadSize/512, 500, 0)
+	big, bigInMemory, _ := spilledCheckpoint(1, readAheadSize, 0)
 	big.Dedup[0].Ref.At += int64(len(journal))
 	big.Dedup[0].ID, bigInMemory.Dedup[0].ID = "big", "big"
 	journal = append(journal, make([]byte, 12)...)
@@ -161,7 +164,16 @@ func TestCheckpointReadsAhead(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, WriteCheckpoint(&out, spilled))
 	require.Equal(t, appendCheckpoint(t, nil, inMemory), out.Bytes())
-	require.Equal(t, 2*(3+1), frags.reads, "two passes, each three windows and the large outcome")
+	require.Equal(t, 2*(10+1), frags.reads, "two passes, each ten windows and the large outcome")
+
+	// Outcomes far apart are read one at a time.
+	sparse, sparseInMemory, journal := spilledCheckpoint(100, 500, readAheadGap+1)
+	frags = &countingReaderAt{ReaderAt: bytes.NewReader(journal)}
+	sparse.Frags = frags
+	out.Reset()
+	require.NoError(t, WriteCheckpoint(&out, sparse))
+	require.Equal(t, appendCheckpoint(t, nil, sparseInMemory), out.Bytes())
+	require.Equal(t, 2*100, frags.reads)
 }
 
 // WriteCheckpoint writes what AppendCheckpoint appends, also when the checkpoint spans
