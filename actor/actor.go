@@ -590,7 +590,7 @@ func (a *Actor) writeJournal(frames []byte, sync bool) error {
 		return err
 	}
 	if sync {
-		if err := a.journal.Sync(); err != nil {
+		if err := a.syncTimed(); err != nil {
 			a.journalErr = err
 			return err
 		}
@@ -598,12 +598,35 @@ func (a *Actor) writeJournal(frames []byte, sync bool) error {
 	return nil
 }
 
+// Journal fsyncs at least this slow are logged: at debug from slowSyncDebug on (the
+// benchmark reads them to tell the disk's stalls from sessiond's), as a warning from
+// slowSyncWarn on. Every durable answer of the batch waited for it.
+const (
+	slowSyncDebug = 10 * time.Millisecond
+	slowSyncWarn  = 100 * time.Millisecond
+)
+
+// syncTimed fsyncs the journal and logs the fsync if it was slow.
+func (a *Actor) syncTimed() error {
+	start := time.Now()
+	err := a.journal.Sync()
+	if took := time.Since(start); took >= slowSyncDebug {
+		level := slog.LevelDebug
+		if took >= slowSyncWarn {
+			level = slog.LevelWarn
+		}
+		a.log.Log(context.Background(), level, "journal fsync was slow; durable writes waited for the disk",
+			"took", took.Round(100*time.Microsecond), "journal_bytes", a.journal.Size())
+	}
+	return err
+}
+
 // syncJournal fsyncs durable:false writes within the sync interval.
 func (a *Actor) syncJournal() {
 	if a.durableRev >= a.appendedRev || a.journal.Broken() != nil {
 		return
 	}
-	if err := a.journal.Sync(); err != nil {
+	if err := a.syncTimed(); err != nil {
 		a.journalErr = err
 		a.log.Error("journal fsync failed; writing a new journal from memory", "err", err)
 		a.replaceBrokenJournal()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -784,6 +785,59 @@ func TestDurableRetryOfNonDurableWrite(t *testing.T) {
 	require.Equal(t, before, h.fs.syncs.Load(), "not synced yet")
 	require.Equal(t, first, h.ok("put", `{"key":"a","value":{},"request_id":"r"}`))
 	require.Equal(t, before+1, h.fs.syncs.Load(), "synced before the retry was answered")
+}
+
+// A slow journal fsync is logged: at debug, and as a warning once very slow. (Whether a
+// fast one is logged depends on the disk the test runs on.)
+func TestSlowFsyncIsLogged(t *testing.T) {
+	var logs lockedBuffer
+	h := newHarness(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}).start()
+	// lastSlow is the level of the newest "journal fsync was slow" line, "" if none.
+	lastSlow := func() string {
+		level := ""
+		for line := range strings.Lines(logs.String()) {
+			var rec struct{ Level, Msg string }
+			require.NoError(t, json.Unmarshal([]byte(line), &rec))
+			if strings.HasPrefix(rec.Msg, "journal fsync was slow") {
+				level = rec.Level
+			}
+		}
+		return level
+	}
+	delay := func(d time.Duration) {
+		h.fs.setFail(func(op, path string) error {
+			if op == "sync" && strings.HasSuffix(path, ".journal") {
+				time.Sleep(d)
+			}
+			return nil
+		})
+	}
+	delay(slowSyncDebug + 5*time.Millisecond)
+	h.ok("put", `{"key":"slow","value":{}}`) // logged before the answer
+	require.Contains(t, []string{"DEBUG", "WARN"}, lastSlow())
+	delay(slowSyncWarn + 5*time.Millisecond)
+	h.ok("put", `{"key":"slower","value":{}}`)
+	require.Equal(t, "WARN", lastSlow())
+}
+
+// lockedBuffer is a bytes.Buffer safe for one writer and one reader at a time.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestFingerprintIgnoresParamOrder(t *testing.T) {
