@@ -217,7 +217,10 @@ type daemonLog struct {
 	// Compactions are "journal compacted" took: the journal rewritten on the actor
 	// goroutine after a snapshot, once it outgrew its limit.
 	Compactions []time.Duration
-	Problems    []string // WARN and ERROR lines, and anything that is not JSON (a panic)
+	// SlowFsyncs are "journal fsync was slow" took: every journal fsync of 10 ms or more
+	// (debug level), the disk's stalls as the daemon met them.
+	SlowFsyncs []time.Duration
+	Problems   []string // WARN and ERROR lines but slow fsyncs, and anything that is not JSON (a panic)
 }
 
 // parseDaemonLog reads the log of a daemon run with --log-format json. Snapshots and
@@ -258,6 +261,8 @@ func parseDaemonLog(path string, until time.Time) (daemonLog, error) {
 			out.Snapshots = append(out.Snapshots, time.Duration(rec.Took))
 		case rec.Msg == "journal compacted":
 			out.Compactions = append(out.Compactions, time.Duration(rec.Took))
+		case strings.HasPrefix(rec.Msg, "journal fsync was slow"):
+			out.SlowFsyncs = append(out.SlowFsyncs, time.Duration(rec.Took))
 		case (rec.Level == "WARN" || rec.Level == "ERROR") && len(out.Problems) < 20:
 			out.Problems = append(out.Problems, string(line))
 		}

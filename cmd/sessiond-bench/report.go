@@ -45,18 +45,22 @@ type Result struct {
 
 // DaemonStats is what a sessiond run cost the daemon, from /proc and its log.
 type DaemonStats struct {
-	LogLevel         string   `json:"log_level"` // sessiond --log-level of the run
-	CPUs             float64  `json:"cpu_s"`     // user + system during the window
-	CPUPerOpUs       float64  `json:"cpu_us_per_op"`
-	PeakRSSMB        float64  `json:"peak_rss_mb"` // VmHWM at the end of the run: load included
-	LoadMs           float64  `json:"load_ms"`     // "store loaded" took
-	ReadyMs          float64  `json:"ready_ms"`    // exec to the first status in phase serving
-	Snapshots        int      `json:"snapshots"`
-	SnapshotMedianMs float64  `json:"snapshot_median_ms"`
-	SnapshotMaxMs    float64  `json:"snapshot_max_ms"`
-	Compactions      int      `json:"journal_compactions"` // "journal compacted" (info)
-	CompactionMaxMs  float64  `json:"journal_compaction_max_ms"`
-	Problems         []string `json:"problems,omitempty"` // WARN/ERROR log lines
+	LogLevel         string  `json:"log_level"` // sessiond --log-level of the run
+	CPUs             float64 `json:"cpu_s"`     // user + system during the window
+	CPUPerOpUs       float64 `json:"cpu_us_per_op"`
+	PeakRSSMB        float64 `json:"peak_rss_mb"` // VmHWM at the end of the run: load included
+	LoadMs           float64 `json:"load_ms"`     // "store loaded" took
+	ReadyMs          float64 `json:"ready_ms"`    // exec to the first status in phase serving
+	Snapshots        int     `json:"snapshots"`
+	SnapshotMedianMs float64 `json:"snapshot_median_ms"`
+	SnapshotMaxMs    float64 `json:"snapshot_max_ms"`
+	Compactions      int     `json:"journal_compactions"` // "journal compacted" (info)
+	CompactionMaxMs  float64 `json:"journal_compaction_max_ms"`
+	// SlowFsyncs counts the journal fsyncs of 10 ms or more, FsyncMaxMs is the slowest
+	// (from the debug log: the snapshot runs only).
+	SlowFsyncs int      `json:"journal_fsyncs_over_10ms"`
+	FsyncMaxMs float64  `json:"journal_fsync_max_ms"`
+	Problems   []string `json:"problems,omitempty"` // WARN/ERROR log lines
 }
 
 func (r *Result) fill(out loadOutcome) {
@@ -383,7 +387,7 @@ func (r *Report) markdown() string {
 	r.sideBySide(&b, groupCustom, "Custom runs")
 	if snaps := r.pick(Result{Group: groupSnapshots}); len(snaps) > 0 {
 		p("#### Background snapshots on the 50 MB store (open loop, %d clients, %g ops/s offered)\n\n", snaps[0].Clients, snaps[0].RateOffered)
-		p("| rep | snapshot-interval | request_id | ops/s | p50 | p99 | p99.9 | max | snapshots | snapshot median / max ms | journal compactions (max ms) | load ms | peak RSS MB | daemon CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+		p("| rep | snapshot-interval | request_id | ops/s | p50 | p99 | p99.9 | max | snapshots | snapshot median / max ms | journal compactions (max ms) | journal fsyncs >= 10 ms (max ms) | load ms | peak RSS MB | daemon CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, x := range snaps {
 			iv := x.SnapshotInterval
 			if iv == "" {
@@ -394,9 +398,9 @@ func (r *Report) markdown() string {
 			if x.NoRequestIDs {
 				ids = "no"
 			}
-			p("| %d | %s | %s | %.0f | %.3f | %.3f | %.3f | %.3f | %d | %.0f / %.0f | %d (%.0f) | %.0f | %.0f | %.2f |\n", x.Rep, iv, ids, x.Throughput,
+			p("| %d | %s | %s | %.0f | %.3f | %.3f | %.3f | %.3f | %d | %.0f / %.0f | %d (%.0f) | %d (%.0f) | %.0f | %.0f | %.2f |\n", x.Rep, iv, ids, x.Throughput,
 				x.Latency.P50ms, x.Latency.P99ms, x.Latency.P999ms, x.Latency.MaxMs, d.Snapshots, d.SnapshotMedianMs, d.SnapshotMaxMs,
-				d.Compactions, d.CompactionMaxMs, d.LoadMs, d.PeakRSSMB, d.CPUs)
+				d.Compactions, d.CompactionMaxMs, d.SlowFsyncs, d.FsyncMaxMs, d.LoadMs, d.PeakRSSMB, d.CPUs)
 		}
 		p("\n")
 	}

@@ -199,6 +199,9 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 	if len(lg.Compactions) > 0 {
 		ds.Compactions, ds.CompactionMaxMs = len(lg.Compactions), ms(maxOf(lg.Compactions))
 	}
+	if len(lg.SlowFsyncs) > 0 {
+		ds.SlowFsyncs, ds.FsyncMaxMs = len(lg.SlowFsyncs), ms(maxOf(lg.SlowFsyncs))
+	}
 	if len(lg.Snapshots) > 0 {
 		ds.SnapshotMedianMs = ms(median(lg.Snapshots))
 		ds.SnapshotMaxMs = ms(maxOf(lg.Snapshots))
