@@ -40,11 +40,15 @@ type Config struct {
 	MaxValueBytes    int           // largest encoded entry (default 16 MiB)
 	MaxDepth         int           // deepest JSON nesting of params (default 64)
 	SnapshotInterval time.Duration // snapshot at most this long after a change (default 1s; <0: only on flush and stop)
-	SyncInterval     time.Duration // durable:false writes reach the disk within this (default 1s)
-	DedupWindow      time.Duration // request_id records kept at least this long (default 5m)
-	DedupMax         int           // ...unless there are more than this many (default 1,000,000)
-	CompactBytes     int64         // rewrite the journal after a snapshot once it is larger (default 64 MiB)
-	RetryInterval    time.Duration // retry a failed disk step after this (default 500ms)
+	// SnapshotRate bounds how fast a background snapshot is written, in bytes a second
+	// (persist.Throttle); one that a flush or a stop waits for goes at full speed.
+	// Default 100 MB/s; <0: no limit.
+	SnapshotRate  float64
+	SyncInterval  time.Duration // durable:false writes reach the disk within this (default 1s)
+	DedupWindow   time.Duration // request_id records kept at least this long (default 5m)
+	DedupMax      int           // ...unless there are more than this many (default 1,000,000)
+	CompactBytes  int64         // rewrite the journal after a snapshot once it is larger (default 64 MiB)
+	RetryInterval time.Duration // retry a failed disk step after this (default 500ms)
 	// ReleaseDelay is how long a replaced sessions.json or journal is kept whole before
 	// its blocks are freed a stretch at a time (persist.ReleaseFile): a reader whose open
 	// raced the rename has the file open by then, and one that has it open keeps it
@@ -83,10 +87,17 @@ func (c *Config) setDefaults() {
 	if c.CompactBytes <= 0 {
 		c.CompactBytes = 64 << 20
 	}
+	if c.SnapshotRate == 0 {
+		c.SnapshotRate = DefaultSnapshotRate
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 }
+
+// DefaultSnapshotRate is Config.SnapshotRate's default: a 50 MB store's snapshot takes
+// half a second.
+const DefaultSnapshotRate = 100e6
 
 // Actor is the single owner of a store. Create it with Open, run it with Run.
 type Actor struct {
@@ -123,7 +134,8 @@ type Actor struct {
 	held        []heldReply          // error answers waiting until a failed journal is replaced
 	waiters     []flushWaiter
 	snapRunning bool
-	snapRev     int64 // the revision the running snapshot holds
+	snapRev     int64             // the revision the running snapshot holds
+	snapLimit   *persist.Throttle // the running snapshot's; Hurry when somebody waits for it
 	snapAgain   bool
 	snapC       <-chan time.Time // snapshot timer, nil when not armed
 	syncC       <-chan time.Time // fsync timer for durable:false writes
@@ -400,8 +412,12 @@ func (a *Actor) Close() error {
 	return nil
 }
 
-// waitSnapshot waits for a running snapshot while still serving its intent request.
+// waitSnapshot waits for a running snapshot, at full speed, while still serving its
+// intent request.
 func (a *Actor) waitSnapshot() {
+	if a.snapRunning {
+		a.snapLimit.Hurry()
+	}
 	for a.snapRunning {
 		select {
 		case req := <-a.intents:
@@ -990,6 +1006,7 @@ func (a *Actor) flush(r *request) {
 	}
 	a.waiters = append(a.waiters, flushWaiter{rev: a.rev, reply: r.reply})
 	a.startSnapshot()
+	a.snapLimit.Hurry()
 }
 
 func flushResult(rev, snap int64) []byte {
@@ -1024,18 +1041,22 @@ func (a *Actor) startSnapshot() {
 		return
 	}
 	a.snapRunning, a.snapAgain, a.snapC, a.snapRev = true, false, nil, a.rev
-	rev, frags, expect := a.rev, a.st.frags(), a.stamp
-	go a.writeSnapshot(rev, frags, expect)
+	a.snapLimit = persist.NewThrottle(a.cfg.SnapshotRate)
+	if len(a.waiters) > 0 {
+		a.snapLimit.Hurry()
+	}
+	rev, frags, expect, limit := a.rev, a.st.frags(), a.stamp, a.snapLimit
+	go a.writeSnapshot(rev, frags, expect, limit)
 }
 
 // writeSnapshot runs on its own goroutine; it talks to the actor only through the
 // intents and snapDone channels.
-func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp) {
+func (a *Actor) writeSnapshot(rev int64, frags [][]byte, expect persist.Stamp, limit *persist.Throttle) {
 	background()
 	start := time.Now()
 	var res snapResult
 	var mine persist.Stamp
-	res.id, mine, res.retired, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, func(id persist.SnapshotID) error {
+	res.id, mine, res.retired, res.err = persist.WriteSnapshot(a.cfg.FS, a.cfg.Store, rev, frags, limit, func(id persist.SnapshotID) error {
 		cur, err := persist.StatStamp(a.cfg.FS, a.cfg.Store)
 		if err != nil {
 			return err

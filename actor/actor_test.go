@@ -822,6 +822,49 @@ func TestSlowFsyncIsLogged(t *testing.T) {
 	require.Equal(t, "WARN", lastSlow())
 }
 
+// A background snapshot is throttled, but not one that a flush or a stop waits for: at
+// 10 KB/s these 3 MB would take five minutes.
+func TestThrottledSnapshotHurried(t *testing.T) {
+	big := strings.Repeat("x", 100_000)
+	for _, end := range []string{"flush", "stop"} {
+		t.Run(end, func(t *testing.T) {
+			h := newHarness(t, func(c *Config) {
+				c.FS = persist.OS{} // a real file: paced, so throttled
+				c.SnapshotRate = 10e3
+				c.SnapshotInterval = time.Millisecond
+			}).start()
+			for i := range 30 {
+				h.ok("put", fmt.Sprintf(`{"key":"k%d","value":{"v":"%s"}}`, i, big))
+			}
+			time.Sleep(100 * time.Millisecond) // a snapshot of most of it is running
+			done := make(chan error, 1)
+			go func() {
+				if end == "stop" {
+					done <- h.stop()
+					return
+				}
+				if r := <-h.a.Submit("flush", []byte(`{}`)); r.Err != nil {
+					done <- r.Err
+					return
+				}
+				done <- nil
+			}()
+			select {
+			case err := <-done:
+				require.NoError(t, err)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("%s waited for the throttle", end)
+			}
+			if end == "flush" {
+				require.NoError(t, h.stop())
+			}
+			got, err := os.ReadFile(h.cfg.Store)
+			require.NoError(t, err)
+			require.Contains(t, string(got), `"k29"`)
+		})
+	}
+}
+
 // lockedBuffer is a bytes.Buffer safe for one writer and one reader at a time.
 type lockedBuffer struct {
 	mu sync.Mutex

@@ -192,7 +192,7 @@ func (a *Actor) recover() error {
 	if external {
 		// sessions.json now has to become our state; write it before the journal that
 		// names it as the base.
-		id, _, retired, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), func(persist.SnapshotID) error { return nil })
+		id, _, retired, err := persist.WriteSnapshot(fsys, path, a.rev, a.st.frags(), nil, func(persist.SnapshotID) error { return nil })
 		if err != nil {
 			return err
 		}

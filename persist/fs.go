@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -103,7 +104,9 @@ func (OS) TruncateSync(path string, size int64) error {
 // unchanged: the file is still fsync'd before it is used. A write error that
 // sync_file_range reports is returned by Write: reported once, it would not show at
 // the fsync again.
-func paced(p Pending) io.Writer {
+//
+// With a Throttle, the stretches also go no faster than its rate.
+func paced(p Pending, t *Throttle) io.Writer {
 	sc, ok := p.(syscall.Conn)
 	if !ok {
 		return p
@@ -112,7 +115,55 @@ func paced(p Pending) io.Writer {
 	if err != nil {
 		return p
 	}
-	return &pacedWriter{w: p, rc: rc}
+	return &pacedWriter{w: p, rc: rc, throttle: t, started: time.Now()}
+}
+
+// Throttle bounds the rate at which a background snapshot is handed to the disk. A
+// journal fsync waits for the disk's write cache, and with it for whatever else was
+// written meanwhile: while a 48 MB snapshot went to the disk as fast as it could take
+// it (~0.1 s), the journal's fsyncs took 3.5 times as long (median) as between
+// snapshots. Spread over more time, each fsync carries less of it. A nil *Throttle does
+// not limit. Goroutine-safe.
+type Throttle struct {
+	rate  float64 // bytes per second
+	hurry atomic.Bool
+}
+
+// NewThrottle limits to bytesPerSec; nil (no limit) if it is not positive.
+func NewThrottle(bytesPerSec float64) *Throttle {
+	if bytesPerSec <= 0 {
+		return nil
+	}
+	return &Throttle{rate: bytesPerSec}
+}
+
+// Hurry lifts the limit for the rest of the write: somebody waits for it (a flush, a
+// stop). Safe on nil.
+func (t *Throttle) Hurry() {
+	if t != nil {
+		t.hurry.Store(true)
+	}
+}
+
+// wait sleeps as long as a writer that started at started and has written n bytes must
+// to keep to the rate, a few milliseconds at a time so that a Hurry is noticed soon.
+func (t *Throttle) wait(n int64, started time.Time) {
+	for {
+		d := t.delay(n, time.Since(started))
+		if d <= 0 {
+			return
+		}
+		time.Sleep(min(d, 5*time.Millisecond))
+	}
+}
+
+// delay is how long a writer that has written n bytes in elapsed should wait to keep to
+// the rate.
+func (t *Throttle) delay(n int64, elapsed time.Duration) time.Duration {
+	if t == nil || t.hurry.Load() {
+		return 0
+	}
+	return time.Duration(float64(n)/t.rate*float64(time.Second)) - elapsed
 }
 
 // pace is the stretch pacedWriter hands to the disk at a time.
@@ -124,6 +175,8 @@ type pacedWriter struct {
 	off        int64 // bytes written
 	start, end int64 // the stretch handed to the disk last, not yet waited for
 	unpaced    bool  // sync_file_range is not supported here: plain writes
+	throttle   *Throttle
+	started    time.Time
 }
 
 func (p *pacedWriter) Write(b []byte) (int, error) {
@@ -151,6 +204,7 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 		return n, os.NewSyscallError("sync_file_range", serr)
 	}
 	p.start, p.end = prevEnd, next
+	p.throttle.wait(p.off, p.started)
 	return n, nil
 }
 

@@ -747,7 +747,9 @@ func PrepareJournal(fsys FS, path string, contents Contents) (*NextJournal, erro
 	}
 	// Through a buffer: contents writes a frame at a time, and the frames of a large
 	// journal are not held in memory all at once.
-	cw := &countingWriter{w: paced(p)}
+	// Not throttled: the frames appended meanwhile are copied on the journal owner's
+	// goroutine at Commit, and a slower write only makes them more.
+	cw := &countingWriter{w: paced(p, nil)}
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	err = contents(bw)
 	if err == nil {

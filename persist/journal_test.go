@@ -388,7 +388,7 @@ func TestWriteSnapshotPaced(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sessions.json")
 	p, err := OS{}.NewPending(path)
 	require.NoError(t, err)
-	_, isPaced := paced(p).(*pacedWriter)
+	_, isPaced := paced(p, nil).(*pacedWriter)
 	require.True(t, isPaced, "renameio's pending file is a real file")
 	require.NoError(t, p.Cleanup())
 
@@ -396,13 +396,51 @@ func TestWriteSnapshotPaced(t *testing.T) {
 	for i := range 300 {
 		frags = append(frags, EncodeEntry(fmt.Sprint("agent:main:k", i), Value{Kind: String, Str: Quote(strings.Repeat("x", 20000+i))}))
 	}
-	id, _, _, err := WriteSnapshot(OS{}, path, 7, frags, func(SnapshotID) error { return nil })
+	id, _, _, err := WriteSnapshot(OS{}, path, 7, frags, nil, func(SnapshotID) error { return nil })
 	require.NoError(t, err)
 	got, err := os.ReadFile(path)
 	require.NoError(t, err)
 	require.Greater(t, len(got), 3*pace)
 	require.Equal(t, AppendStore(nil, frags), got)
 	require.Equal(t, int64(len(got)), id.Size)
+}
+
+func TestThrottleDelay(t *testing.T) {
+	var none *Throttle
+	require.Zero(t, none.delay(1<<30, 0), "nil does not limit")
+	none.Hurry()
+	require.Nil(t, NewThrottle(0))
+	th := NewThrottle(100e6)
+	require.Equal(t, 10*time.Millisecond, th.delay(1e6, 0))
+	require.Equal(t, 4*time.Millisecond, th.delay(1e6, 6*time.Millisecond))
+	require.LessOrEqual(t, th.delay(1e6, 20*time.Millisecond), time.Duration(0), "behind: no wait")
+	th.Hurry()
+	require.Zero(t, th.delay(1e6, 0))
+}
+
+// A throttled snapshot keeps to its rate until somebody hurries it.
+func TestWriteSnapshotThrottled(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sessions.json")
+	var frags [][]byte
+	for i := range 150 { // 3 MB: three stretches
+		frags = append(frags, EncodeEntry(fmt.Sprint("k", i), Value{Kind: String, Str: Quote(strings.Repeat("x", 20000))}))
+	}
+	write := func(th *Throttle) time.Duration {
+		start := time.Now()
+		_, _, _, err := WriteSnapshot(OS{}, path, 7, frags, th, func(SnapshotID) error { return nil })
+		require.NoError(t, err)
+		got, err := os.ReadFile(path)
+		require.NoError(t, err)
+		require.Equal(t, AppendStore(nil, frags), got)
+		return time.Since(start)
+	}
+	// 20 MB/s: at least 2 MiB / 20 MB/s after the second stretch.
+	require.GreaterOrEqual(t, write(NewThrottle(20e6)), 100*time.Millisecond)
+
+	// 10 KB/s would take five minutes; hurried, it finishes at once.
+	th := NewThrottle(10e3)
+	time.AfterFunc(50*time.Millisecond, th.Hurry)
+	require.Less(t, write(th), 30*time.Second)
 }
 
 // fdConn is a syscall.RawConn over a given descriptor.

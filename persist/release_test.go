@@ -20,7 +20,7 @@ func writeStore(t *testing.T, path string, n int) ([]byte, string) {
 	for i := range n {
 		frags = append(frags, EncodeEntry(string(rune('a'+i)), Value{Kind: String, Str: Quote(string(bytes.Repeat([]byte{'x'}, 100000)))}))
 	}
-	_, _, retired, err := WriteSnapshot(OS{}, path, int64(n), frags, func(SnapshotID) error { return nil })
+	_, _, retired, err := WriteSnapshot(OS{}, path, int64(n), frags, nil, func(SnapshotID) error { return nil })
 	require.NoError(t, err)
 	return AppendStore(nil, frags), retired
 }

@@ -70,11 +70,12 @@ func ReadStore(fsys FS, path string, maxDepth int) ([]Entry, SnapshotID, error) 
 //
 // mine is the identity of the file written (its inode, size and time), taken before the
 // rename: after an error the caller can tell from it whether the rename happened anyway.
-// retired is the temp name the replaced file has now, if any, for ReleaseFile.
-func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, retired string, err error) {
+// retired is the temp name the replaced file has now, if any, for ReleaseFile. A
+// throttle, if not nil, bounds how fast the file is written (a background snapshot).
+func WriteSnapshot(fsys FS, path string, rev int64, frags [][]byte, throttle *Throttle, commit func(SnapshotID) error) (id SnapshotID, mine Stamp, retired string, err error) {
 	id = SnapshotID{Rev: rev}
 	retired, err = replaceFile(fsys, path, func(p Pending) error {
-		h := &crcWriter{w: paced(p)}
+		h := &crcWriter{w: paced(p, throttle)}
 		w := bufio.NewWriterSize(h, 1<<20)
 		if len(frags) == 0 {
 			w.WriteString("{}")
