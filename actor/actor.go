@@ -356,6 +356,7 @@ func (a *Actor) stop() error {
 		}
 		break
 	}
+	a.hurrySnapshot() // the final snapshot comes next
 	a.waitSnapshot()
 	if a.compacting {
 		a.finishCompaction(<-a.compactDone)
@@ -415,10 +416,8 @@ func (a *Actor) Close() error {
 // waitSnapshot waits for a running snapshot, at full speed, while still serving its
 // intent request.
 func (a *Actor) waitSnapshot() {
-	if a.snapRunning {
-		a.snapLimit.Hurry()
-	}
 	for a.snapRunning {
+		a.snapLimit.Hurry()
 		select {
 		case req := <-a.intents:
 			req.reply <- a.makeIntentDurable(req.id)
@@ -1005,8 +1004,21 @@ func (a *Actor) flush(r *request) {
 		return
 	}
 	a.waiters = append(a.waiters, flushWaiter{rev: a.rev, reply: r.reply})
+	a.hurrySnapshot()
 	a.startSnapshot()
-	a.snapLimit.Hurry()
+}
+
+// hurrySnapshot is for when somebody waits for a snapshot of every write so far: a
+// running one that holds fewer is abandoned, since the next one holds them all and would
+// be written after it; one that holds them all goes at full speed.
+func (a *Actor) hurrySnapshot() {
+	switch {
+	case !a.snapRunning:
+	case a.snapRev < a.rev:
+		a.snapLimit.Abort()
+	default:
+		a.snapLimit.Hurry()
+	}
 }
 
 func flushResult(rev, snap int64) []byte {
@@ -1115,6 +1127,15 @@ func (a *Actor) finishSnapshot(res snapResult) {
 	}
 	if res.stamp.Exists {
 		a.stamp = res.stamp
+	}
+	if errors.Is(res.err, persist.ErrAborted) {
+		a.log.Debug("snapshot abandoned for a newer one", "rev", res.id.Rev)
+		if a.snapAgain || len(a.waiters) > 0 {
+			a.startSnapshot()
+		} else {
+			a.armSnapshot()
+		}
+		return
 	}
 	if res.err != nil {
 		a.snapErr = res.err

@@ -823,20 +823,32 @@ func TestSlowFsyncIsLogged(t *testing.T) {
 }
 
 // A background snapshot is throttled, but not one that a flush or a stop waits for: at
-// 10 KB/s these 3 MB would take five minutes.
+// 10 KB/s these 3 MB would take five minutes. A flush that needs a newer snapshot than
+// the running one abandons it; a stop that needs none waits for it at full speed.
 func TestThrottledSnapshotHurried(t *testing.T) {
 	big := strings.Repeat("x", 100_000)
 	for _, end := range []string{"flush", "stop"} {
 		t.Run(end, func(t *testing.T) {
+			var logs lockedBuffer
 			h := newHarness(t, func(c *Config) {
 				c.FS = persist.OS{} // a real file: paced, so throttled
 				c.SnapshotRate = 10e3
 				c.SnapshotInterval = time.Millisecond
+				c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			}).start()
 			for i := range 30 {
 				h.ok("put", fmt.Sprintf(`{"key":"k%d","value":{"v":"%s"}}`, i, big))
 			}
-			time.Sleep(100 * time.Millisecond) // a snapshot of most of it is running
+			if end == "stop" {
+				// The running snapshot is to hold every write: the one the stop needs.
+				h.ok("flush", `{}`)
+				h.ok("put", `{"key":"k30","value":{}}`)
+			}
+			time.Sleep(100 * time.Millisecond) // a snapshot is running
+			if end == "flush" {
+				h.ok("put", `{"key":"k31","value":{}}`) // which that snapshot does not hold
+			}
+			mark := len(logs.String())
 			done := make(chan error, 1)
 			go func() {
 				if end == "stop" {
@@ -861,6 +873,7 @@ func TestThrottledSnapshotHurried(t *testing.T) {
 			got, err := os.ReadFile(h.cfg.Store)
 			require.NoError(t, err)
 			require.Contains(t, string(got), `"k29"`)
+			require.Equal(t, end == "flush", strings.Contains(logs.String()[mark:], "snapshot abandoned for a newer one"))
 		})
 	}
 }

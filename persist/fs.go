@@ -125,9 +125,12 @@ func paced(p Pending, t *Throttle) io.Writer {
 // snapshots. Spread over more time, each fsync carries less of it. A nil *Throttle does
 // not limit. Goroutine-safe.
 type Throttle struct {
-	rate  float64 // bytes per second
-	hurry atomic.Bool
+	rate         float64 // bytes per second
+	hurry, abort atomic.Bool
 }
+
+// ErrAborted is what a write whose Throttle was aborted fails with.
+var ErrAborted = errors.New("write abandoned for a newer one")
 
 // NewThrottle limits to bytesPerSec; nil (no limit) if it is not positive.
 func NewThrottle(bytesPerSec float64) *Throttle {
@@ -157,10 +160,20 @@ func (t *Throttle) wait(n int64, started time.Time) {
 	}
 }
 
+// Abort makes the write fail with ErrAborted at its next stretch, unless it is past its
+// last one: a newer snapshot supersedes it and somebody waits for that one. Safe on nil.
+func (t *Throttle) Abort() {
+	if t != nil {
+		t.abort.Store(true)
+	}
+}
+
+func (t *Throttle) aborted() bool { return t != nil && t.abort.Load() }
+
 // delay is how long a writer that has written n bytes in elapsed should wait to keep to
 // the rate.
 func (t *Throttle) delay(n int64, elapsed time.Duration) time.Duration {
-	if t == nil || t.hurry.Load() {
+	if t == nil || t.hurry.Load() || t.abort.Load() {
 		return 0
 	}
 	return time.Duration(float64(n)/t.rate*float64(time.Second)) - elapsed
@@ -205,6 +218,9 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 	}
 	p.start, p.end = prevEnd, next
 	p.throttle.wait(p.off, p.started)
+	if p.throttle.aborted() {
+		return n, ErrAborted
+	}
 	return n, nil
 }
 

@@ -441,6 +441,20 @@ func TestWriteSnapshotThrottled(t *testing.T) {
 	th := NewThrottle(10e3)
 	time.AfterFunc(50*time.Millisecond, th.Hurry)
 	require.Less(t, write(th), 30*time.Second)
+
+	// Aborted, it fails at once and leaves the file as it was, and no temp file.
+	before, err := os.ReadDir(filepath.Dir(path))
+	require.NoError(t, err)
+	th = NewThrottle(10e3)
+	time.AfterFunc(50*time.Millisecond, th.Abort)
+	_, _, _, err = WriteSnapshot(OS{}, path, 8, append(frags, frags...), th, func(SnapshotID) error { return nil })
+	require.ErrorIs(t, err, ErrAborted)
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, AppendStore(nil, frags), got)
+	after, err := os.ReadDir(filepath.Dir(path))
+	require.NoError(t, err)
+	require.Equal(t, len(before), len(after))
 }
 
 // fdConn is a syscall.RawConn over a given descriptor.
