@@ -41,8 +41,8 @@ type Config struct {
 	MaxDepth         int           // deepest JSON nesting of params (default 64)
 	SnapshotInterval time.Duration // snapshot at most this long after a change (default 1s; <0: only on flush and stop)
 	// SnapshotRate bounds how fast a background snapshot is written, in bytes a second
-	// (persist.Throttle); one that a flush or a stop waits for goes at full speed.
-	// Default 100 MB/s; <0: no limit.
+	// (persist.Throttle); one that a flush or a stop waits for goes at full speed, and
+	// one too old for them is abandoned (hurrySnapshot). Default 100 MB/s; <0: no limit.
 	SnapshotRate  float64
 	SyncInterval  time.Duration // durable:false writes reach the disk within this (default 1s)
 	DedupWindow   time.Duration // request_id records kept at least this long (default 5m)
@@ -1008,17 +1008,19 @@ func (a *Actor) flush(r *request) {
 	a.startSnapshot()
 }
 
-// hurrySnapshot is for when somebody waits for a snapshot of every write so far: a
+// hurrySnapshot is for when somebody waits for a snapshot of every write so far. A
 // running one that holds fewer is abandoned, since the next one holds them all and would
-// be written after it; one that holds them all goes at full speed.
+// be written after it, unless an earlier flush waits for it: abandoned for every flush
+// with a write before it, no snapshot would ever finish. Otherwise it goes at full speed.
 func (a *Actor) hurrySnapshot() {
-	switch {
-	case !a.snapRunning:
-	case a.snapRev < a.rev:
-		a.snapLimit.Abort()
-	default:
-		a.snapLimit.Hurry()
+	if !a.snapRunning {
+		return
 	}
+	if a.snapRev < a.rev && !slices.ContainsFunc(a.waiters, func(w flushWaiter) bool { return w.rev <= a.snapRev }) {
+		a.snapLimit.Abort()
+		return
+	}
+	a.snapLimit.Hurry()
 }
 
 func flushResult(rev, snap int64) []byte {

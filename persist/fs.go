@@ -195,10 +195,24 @@ type pacedWriter struct {
 func (p *pacedWriter) Write(b []byte) (int, error) {
 	n, err := p.w.Write(b)
 	p.off += int64(n)
-	if err != nil || p.unpaced || p.off-p.end < pace {
+	if err != nil || p.off-p.end < pace {
 		return n, err
 	}
-	// Start the new stretch, then wait for the one before it.
+	if !p.unpaced {
+		if err := p.handOver(); err != nil {
+			return n, err
+		}
+	}
+	p.start, p.end = p.end, p.off
+	p.throttle.wait(p.off, p.started)
+	if p.throttle.aborted() {
+		return n, ErrAborted
+	}
+	return n, nil
+}
+
+// handOver starts the stretch written since the last, then waits for the one before it.
+func (p *pacedWriter) handOver() error {
 	next, prevStart, prevEnd := p.off, p.start, p.end
 	var serr error
 	if cerr := p.rc.Control(func(fd uintptr) {
@@ -208,20 +222,15 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 				unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 		}
 	}); cerr != nil {
-		return n, cerr
+		return cerr
 	}
 	switch {
 	case errors.Is(serr, unix.ENOSYS), errors.Is(serr, unix.EINVAL), errors.Is(serr, unix.ESPIPE):
 		p.unpaced = true
 	case serr != nil:
-		return n, os.NewSyscallError("sync_file_range", serr)
+		return os.NewSyscallError("sync_file_range", serr)
 	}
-	p.start, p.end = prevEnd, next
-	p.throttle.wait(p.off, p.started)
-	if p.throttle.aborted() {
-		return n, ErrAborted
-	}
-	return n, nil
+	return nil
 }
 
 // SyncDir is the step renameio leaves to its caller: without it a rename can be lost on
