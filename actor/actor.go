@@ -1132,11 +1132,7 @@ func (a *Actor) finishSnapshot(res snapResult) {
 	}
 	if errors.Is(res.err, persist.ErrAborted) {
 		a.log.Debug("snapshot abandoned for a newer one", "rev", res.id.Rev)
-		if a.snapAgain || len(a.waiters) > 0 {
-			a.startSnapshot()
-		} else {
-			a.armSnapshot()
-		}
+		a.nextSnapshot()
 		return
 	}
 	if res.err != nil {
@@ -1174,6 +1170,12 @@ func (a *Actor) finishSnapshot(res snapResult) {
 		}
 	}
 	a.waiters = done
+	a.nextSnapshot()
+}
+
+// nextSnapshot starts the snapshot that was asked for while one ran (or that a flush
+// still waits for), or else arms the timer for the next change.
+func (a *Actor) nextSnapshot() {
 	if a.snapAgain || len(a.waiters) > 0 {
 		a.startSnapshot()
 		return
