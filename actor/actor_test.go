@@ -595,6 +595,77 @@ func TestLeftoverTempFilesRemoved(t *testing.T) {
 	require.NoError(t, err, "only renameio's temp names are touched")
 }
 
+// A lone client's request is run on its caller's goroutine while the actor is idle, and
+// the timers that batch arms reach Run's select: the background snapshot and the fsync of
+// a durable:false write, which only Run starts.
+func TestSubmitOrRunRunsWhenIdle(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.SnapshotInterval, c.SyncInterval = 5*time.Millisecond, 5*time.Millisecond
+	}).start()
+	settled := func() bool {
+		s := h.a.Stats()
+		return s.SnapshotRev == s.Rev && s.DurableRev == s.Rev
+	}
+	h.ok("put", `{"key":"a","value":{}}`) // through Run: a batch of one
+	ran := false
+	for i := 0; i < 100 && !ran; i++ {
+		require.Eventually(t, settled, 5*time.Second, time.Millisecond, "nothing left armed")
+		// Run may still be finishing a turn; then the request is queued.
+		ch := h.a.SubmitOrRun("put", fmt.Appendf(nil, `{"key":"b","value":{"i":%d},"durable":false}`, i))
+		ran = len(ch) == 1
+		require.Nil(t, (<-ch).Err)
+	}
+	require.True(t, ran, "never run on the caller's goroutine")
+	require.Eventually(t, settled, 5*time.Second, time.Millisecond, "snapshot and fsync after a write run by SubmitOrRun")
+}
+
+// SubmitOrRun never overtakes a request queued before it: each sender's writes are
+// applied in the order it made them, whichever goroutine runs them. (Under -race, also
+// that Run's turns and the ones run by callers share nothing unguarded.)
+func TestSubmitOrRunKeepsOrder(t *testing.T) {
+	for _, senders := range []int{1, 4} {
+		t.Run(fmt.Sprint(senders), func(t *testing.T) { testSubmitOrRunKeepsOrder(t, senders) })
+	}
+}
+
+func testSubmitOrRunKeepsOrder(t *testing.T, senders int) {
+	h := newHarness(t, func(c *Config) { c.SnapshotInterval = time.Millisecond }).start()
+	errs := make(chan error, senders)
+	var wg sync.WaitGroup
+	for c := range senders {
+		wg.Go(func() {
+			rev := func(ch <-chan Reply) int64 {
+				r := <-ch
+				var res struct{ Rev int64 }
+				if r.Err != nil || json.Unmarshal(r.Result, &res) != nil {
+					return -1
+				}
+				return res.Rev
+			}
+			patch := func(n int) []byte { return fmt.Appendf(nil, `{"key":"c%d","merge":{"n":%d}}`, c, n) }
+			for i := 0; i < 300; i += 3 {
+				// A lone write (a batch of one: the next may run on this goroutine),
+				// then one queued and one whose sender has nothing else to do.
+				r0 := rev(h.a.SubmitOrRun("patch", patch(i)))
+				first := h.a.Submit("patch", patch(i+1))
+				second := h.a.SubmitOrRun("patch", patch(i+2))
+				if r1, r2 := rev(first), rev(second); r0 < 0 || r1 <= r0 || r2 <= r1 {
+					errs <- fmt.Errorf("sender %d, writes %d to %d: revisions %d, %d, %d", c, i, i+2, r0, r1, r2)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	for c := range senders {
+		require.Equal(t, 299.0, h.ok("get", fmt.Sprintf(`{"key":"c%d"}`, c))["value"].(map[string]any)["n"])
+	}
+}
+
 func TestBackgroundSnapshot(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.SnapshotInterval = 5 * time.Millisecond }).start()
 	h.ok("put", `{"key":"a","value":{}}`)
