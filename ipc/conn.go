@@ -42,7 +42,8 @@ const (
 )
 
 // conn is one client connection: a reader goroutine turns lines into items on fifo, the
-// writer goroutine (serve) answers them in order.
+// writer goroutine (serve) answers them in order. A line whose answer is ready when it is
+// the only one owed is answered by the reader itself (answerNow).
 type conn struct {
 	srv  *Server
 	nc   *net.UnixConn
@@ -61,6 +62,7 @@ type conn struct {
 
 	br   *bufio.Reader
 	line []byte // the reader's buffer for lines longer than br's buffer
+	w    *writer
 }
 
 // item is what one line is owed: nothing (notifications, blank batches), one answer, or a
@@ -68,6 +70,16 @@ type conn struct {
 type item struct {
 	batch bool
 	parts []part
+}
+
+// ready reports whether every answer it is owed can be written without waiting.
+func (it item) ready() bool {
+	for _, p := range it.parts {
+		if p.msg == nil && len(p.reply) == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // part is one answer: either already encoded (msg) or awaited from the backend (reply).
@@ -108,12 +120,13 @@ func (c *conn) serve() {
 	c.log.Debug("connection opened", "uid", c.cred.Uid, "gid", c.cred.Gid, "pid", c.cred.Pid)
 	var readErr error
 	readerDone := make(chan struct{})
+	w := &writer{c: c, drain: c.srv.drain}
+	w.bw = bufio.NewWriterSize(&stallWriter{nc: c.nc, timeout: c.srv.cfg.WriteTimeout}, writeBufSize)
+	c.w = w
 	go func() {
 		defer close(readerDone)
 		readErr = c.readLoop()
 	}()
-	w := &writer{c: c, drain: c.srv.drain}
-	w.bw = bufio.NewWriterSize(&stallWriter{nc: c.nc, timeout: c.srv.cfg.WriteTimeout}, writeBufSize)
 	writeErr := w.loop()
 	c.close()
 	<-readerDone
@@ -145,9 +158,40 @@ func (c *conn) readLoop() error {
 		case <-c.done:
 			return errConnClosed
 		}
-		// Never blocks: fifo holds at most one item per slot.
-		c.fifo <- c.handleLine(line, tooLong)
+		it := c.handleLine(line, tooLong)
+		if !c.answerNow(it) {
+			// Never blocks: fifo holds at most one item per slot.
+			c.fifo <- it
+		}
 	}
+}
+
+// answerNow writes the answer to it on the reader's goroutine when it is ready (the
+// backend ran the request in SubmitOrRun), nothing read before it is still owed, and the
+// writer is idle: for a client that waits for each answer, that spares waking the writer's
+// goroutine, which costs about as much as the rest of a get. It reports whether it did.
+func (c *conn) answerNow(it item) bool {
+	if len(c.slots) != 1 || !it.ready() || !c.w.mu.TryLock() {
+		return false
+	}
+	defer c.w.mu.Unlock()
+	w := c.w
+	switch {
+	case w.err != nil:
+		return true // the connection is closing
+	case w.graceOver:
+		return false // the writer ends the connection once it has written this
+	}
+	// No goaway here: the idle writer is waiting for the drain too, and writes it.
+	if w.err = w.write(it); w.err == nil {
+		w.err = w.bw.Flush()
+	}
+	if w.err != nil {
+		c.close() // the writer wakes and returns w.err
+		return true
+	}
+	<-c.slots
+	return true
 }
 
 // readLine returns the next line without its newline, valid until the next call. A line
@@ -200,7 +244,9 @@ func (c *conn) handleLine(line []byte, tooLong bool) item {
 	draining := c.srv.isDraining()
 	trimmed := bytes.TrimLeft(line, " \t\r")
 	if trimmed[0] != '[' {
-		p, ok := c.handleRequest(line, draining)
+		// Nothing more read: the client waits for this answer, so the backend may run the
+		// request right here. With more read, it is queued, to be committed with them.
+		p, ok := c.handleRequest(line, draining, c.br.Buffered() == 0)
 		if !ok {
 			return item{}
 		}
@@ -215,7 +261,7 @@ func (c *conn) handleLine(line []byte, tooLong bool) item {
 	}
 	it := item{batch: true}
 	for _, e := range elems {
-		if p, ok := c.handleRequest(e, draining); ok {
+		if p, ok := c.handleRequest(e, draining, false); ok {
 			it.parts = append(it.parts, p)
 		}
 	}
@@ -224,9 +270,9 @@ func (c *conn) handleLine(line []byte, tooLong bool) item {
 
 func (c *conn) single(p part) item { return item{parts: []part{p}} }
 
-// handleRequest validates one request object and submits it. ok is false for a
-// notification, which is owed nothing.
-func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
+// handleRequest validates one request object and submits it, with SubmitOrRun if run. ok
+// is false for a notification, which is owed nothing.
+func (c *conn) handleRequest(raw []byte, draining, run bool) (p part, ok bool) {
 	// Split, not decoded: params are parsed once, by the backend.
 	members, isObject, err := persist.SplitObject(raw, maxLineDepth)
 	switch {
@@ -298,7 +344,11 @@ func (c *conn) handleRequest(raw []byte, draining bool) (p part, ok bool) {
 			p.msg = appendResult(nil, id, result)
 		}
 	default:
-		p.reply = c.srv.cfg.Backend.Submit(method, params)
+		if run {
+			p.reply = c.srv.cfg.Backend.SubmitOrRun(method, params)
+		} else {
+			p.reply = c.srv.cfg.Backend.Submit(method, params)
+		}
 		if p.reply == nil {
 			c.log.Error("backend returned no reply channel", "method", method)
 			p.msg, _ = appendError(nil, id, actor.ReasonInternal, "request was not queued", nil, false)
@@ -346,8 +396,11 @@ func decodeString(raw []byte) (string, bool) {
 }
 
 // writer is the connection's writing side: it owns the socket's write half and the
-// goaway and grace-period timing.
+// goaway and grace-period timing. Its goroutine holds mu except while it waits for the
+// next item; the reader takes mu to answer a line itself (answerNow).
 type writer struct {
+	mu        sync.Mutex
+	err       error // the reader's failed write, once it closed the connection
 	c         *conn
 	bw        *bufio.Writer
 	buf       []byte           // scratch for one message, so the socket only sees whole lines
@@ -360,6 +413,8 @@ type writer struct {
 // loop answers items in order until the reader is done and every answer is written, the
 // grace period after goaway is over with nothing owed, or an error.
 func (w *writer) loop() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	for {
 		select {
 		case <-w.drain:
@@ -396,23 +451,30 @@ func (w *writer) loop() error {
 	}
 }
 
-// next waits for the next item, handling goaway and the grace timer meanwhile.
+// next waits for the next item, handling goaway and the grace timer meanwhile. It lets
+// go of mu while it waits, for the reader to answer a line itself; drain and grace are
+// only ever changed on this goroutine.
 func (w *writer) next() (item, bool, error) {
 	for {
+		w.mu.Unlock()
 		select {
 		case it, ok := <-w.c.fifo:
+			w.mu.Lock()
 			return it, ok, nil
 		case <-w.drain:
+			w.mu.Lock()
 			if err := w.goaway(); err != nil {
 				return item{}, false, err
 			}
 		case <-w.grace:
+			w.mu.Lock()
 			w.grace, w.graceOver = nil, true
 			if len(w.c.slots) == 0 {
 				return item{}, false, errGraceOver
 			}
 		case <-w.c.done:
-			return item{}, false, errConnClosed
+			w.mu.Lock()
+			return item{}, false, cmp.Or(w.err, errConnClosed)
 		}
 	}
 }

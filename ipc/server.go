@@ -22,6 +22,9 @@ type Backend interface {
 	// Submit parses and validates params, queues the request and returns at once; exactly one Reply arrives
 	// on the channel (buffered). It never blocks (a full queue is answered with reason busy). Goroutine-safe.
 	Submit(method string, params []byte) <-chan actor.Reply
+	// SubmitOrRun is Submit for a connection that has read nothing after this request:
+	// the backend may run it on the calling goroutine and return once it is answered.
+	SubmitOrRun(method string, params []byte) <-chan actor.Reply
 	// Stats reports the store's numbers for the status method. Goroutine-safe, may block briefly.
 	Stats() actor.Stats
 }

@@ -29,9 +29,15 @@ const testWait = 5 * time.Second
 type fakeBackend struct {
 	submit func(method string, params []byte) <-chan actor.Reply
 	stats  func() actor.Stats
+	ran    atomic.Int64 // requests that came through SubmitOrRun
 }
 
 func (f *fakeBackend) Submit(method string, params []byte) <-chan actor.Reply {
+	return f.submit(method, params)
+}
+
+func (f *fakeBackend) SubmitOrRun(method string, params []byte) <-chan actor.Reply {
+	f.ran.Add(1)
 	return f.submit(method, params)
 }
 
@@ -504,6 +510,59 @@ func TestPipelinedAnswersInReadOrder(t *testing.T) {
 		require.Equal(t, strconv.Itoa(i), string(m.ID))
 		require.JSONEq(t, fmt.Sprintf(`{"n":%d}`, i), string(m.Result))
 	}
+}
+
+// A request the connection has read nothing after goes to SubmitOrRun, which may answer
+// it at once; the reader then writes that answer itself, but only when nothing read
+// before it is still owed: answers stay in read order.
+func TestReadyAnswerWaitsForEarlierOnes(t *testing.T) {
+	backend, calls := holdBackend()
+	ts := startServer(t, ServerConfig{Backend: backend})
+	c := dial(t, ts.path)
+
+	c.send(req("1", "get", `{"n":1}`))
+	first := nextCall(t, calls)
+	c.send(req("2", "get", `{"n":2}`))
+	second := nextCall(t, calls)
+	second.reply <- actor.Reply{Result: second.params}
+	time.Sleep(20 * time.Millisecond) // the second answer is ready, the first is not
+	first.reply <- actor.Reply{Result: first.params}
+	for i := 1; i <= 2; i++ {
+		m := c.recv()
+		require.Equal(t, strconv.Itoa(i), string(m.ID))
+		require.JSONEq(t, fmt.Sprintf(`{"n":%d}`, i), string(m.Result))
+	}
+	require.Equal(t, int64(2), backend.ran.Load(), "each was the last line read")
+
+	// Lines read together are queued, to be committed together; so is a batch array.
+	c.send(req("3", "get", `{"n":3}`), req("4", "get", `{"n":4}`))
+	for range 2 {
+		h := nextCall(t, calls)
+		h.reply <- actor.Reply{Result: h.params}
+	}
+	for i := 3; i <= 4; i++ {
+		require.Equal(t, strconv.Itoa(i), string(c.recv().ID))
+	}
+	require.Equal(t, int64(3), backend.ran.Load(), "3 was read with 4 after it")
+	c.send(`[` + req("5", "get", `{"n":5}`) + `]`)
+	h := nextCall(t, calls)
+	h.reply <- actor.Reply{Result: h.params}
+	require.Contains(t, c.line(), `"id":5,`)
+	require.Equal(t, int64(3), backend.ran.Load())
+}
+
+// A client that sends one request at a time and never reads is dropped after the write
+// timeout also when the reader is the one writing its answers (answerNow).
+func TestStalledReaderOfReadyAnswersDropped(t *testing.T) {
+	big := []byte(`{"pad":"` + strings.Repeat("x", 4<<20) + `"}`)
+	backend := &fakeBackend{submit: func(string, []byte) <-chan actor.Reply {
+		return replyNow(actor.Reply{Result: big})
+	}}
+	ts := startServer(t, ServerConfig{Backend: backend, WriteTimeout: 200 * time.Millisecond})
+	stuck := dial(t, ts.path)
+	stuck.send(req("1", "get", "")) // and never read
+	require.Eventually(t, func() bool { return backend.ran.Load() == 1 }, testWait, time.Millisecond)
+	require.Eventually(t, func() bool { return ts.srv.Conns() == 0 }, testWait, 10*time.Millisecond)
 }
 
 func TestIDEchoedExactly(t *testing.T) {
