@@ -7,11 +7,14 @@
 // connection has a reader goroutine and a writer goroutine joined by a FIFO of owed answers:
 // the reader parses a line, hands the request to the Backend (which answers on a channel),
 // and queues that channel; the writer waits on the head of the queue, so answers leave in
-// the order the lines were read even when the store finishes them out of order. The reader
+// the order the lines were read even when the store finishes them out of order. A request
+// read with nothing behind it goes to Backend.SubmitOrRun, which may run it right there,
+// and when its answer is ready and nothing before it is owed the reader writes it too: a
+// client that waits for each answer costs no goroutine hand-off. The reader
 // stops reading while MaxPending answers are owed, so a fast client is slowed down rather
 // than buffered without bound; a client that stops reading its answers is disconnected
 // after WriteTimeout. The server never touches the store: everything except the status
-// method goes through Backend.Submit.
+// method goes through the Backend.
 //
 // Shutdown is built for a re-exec: it stops accepting without closing the listener (queued
 // connections wait in the kernel backlog for the successor), tells every client to go away,
