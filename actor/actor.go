@@ -255,11 +255,10 @@ func (a *Actor) Submit(method string, params []byte) <-chan Reply {
 // SubmitOrRun is Submit for a caller with nothing else to do until the answer (a
 // connection with no further request read). When Run is waiting for work, nothing is
 // queued and the last batch was of one request (a lone client), the request is run on
-// the caller's goroutine, exactly as Run would run it (a batch of one, with whatever is
-// queued meanwhile), and SubmitOrRun returns once it is answered: that saves handing it
-// to Run's goroutine and the answer back, thread wake-ups that cost a lone client a
-// sixth of its latency (BENCHMARKS.md). Otherwise it is queued as by Submit.
-// Goroutine-safe.
+// the caller's goroutine as a batch of one, exactly as Run would run it, and SubmitOrRun
+// returns once it is answered: that saves handing it to Run's goroutine and the answer
+// back, thread wake-ups that cost a lone client a sixth of its latency (BENCHMARKS.md).
+// Otherwise it is queued as by Submit. Goroutine-safe.
 func (a *Actor) SubmitOrRun(method string, params []byte) <-chan Reply {
 	return a.submit(method, params, true)
 }
@@ -281,7 +280,7 @@ func (a *Actor) submit(method string, params []byte, run bool) <-chan Reply {
 	if run && a.alone.Load() && a.queued.Load() == 0 && a.own.TryLock() {
 		if a.queued.Load() == 0 {
 			a.queued.Add(1)
-			a.runBatch(r)
+			a.runBatch(r, false)
 			a.own.Unlock()
 			return ch
 		}
@@ -368,7 +367,7 @@ func (a *Actor) Run(ctx context.Context) error {
 		select {
 		case r := <-a.mailbox:
 			a.own.Lock()
-			a.runBatch(r)
+			a.runBatch(r, true)
 		case req := <-a.intents:
 			a.own.Lock()
 			req.reply <- a.makeIntentDurable(req.id)
@@ -449,7 +448,7 @@ func (a *Actor) stop() error {
 	for {
 		select {
 		case r := <-a.mailbox:
-			a.runBatch(r)
+			a.runBatch(r, true)
 			continue
 		default:
 		}
@@ -530,13 +529,17 @@ func (a *Actor) waitSnapshot() {
 	}
 }
 
-// runBatch is one group commit: what is queued (up to MaxBatch requests and about
-// maxBatchFrames bytes of journal frames) is applied in order,
-// the journal frames of the whole batch are written with one append and, if any write
-// asked for it, one fsync; then every request is answered. If the append or fsync fails,
-// the batch is rolled back in memory and every request from the first write on gets
-// storage_error: an error answer never hides a write that later appears.
-func (a *Actor) runBatch(first *request) {
+// runBatch is one group commit: first and, with takeQueued, what is queued behind it (up
+// to MaxBatch requests and about maxBatchFrames bytes of journal frames) is applied in
+// order, the journal frames of the whole batch are written with one append and, if any
+// write asked for it, one fsync; then every request is answered. If the append or fsync
+// fails, the batch is rolled back in memory and every request from the first write on
+// gets storage_error: an error answer never hides a write that later appears.
+//
+// Only Run takes queued requests: one it has taken from the mailbox and is waiting for
+// own to run may be followed there by a later one of the same connection, which a batch
+// run by SubmitOrRun would otherwise take first.
+func (a *Actor) runBatch(first *request, takeQueued bool) {
 	if a.journal.Broken() != nil {
 		a.retry()
 	}
@@ -553,7 +556,7 @@ func (a *Actor) runBatch(first *request) {
 	// hundreds of 50 KB patches are queued, and in one batch their frames, new entries
 	// and answers would all be in memory at once.
 	more := func() bool {
-		if len(batch) >= a.cfg.MaxBatch || len(frames) >= maxBatchFrames {
+		if !takeQueued || len(batch) >= a.cfg.MaxBatch || len(frames) >= maxBatchFrames {
 			return false
 		}
 		select {

@@ -666,6 +666,29 @@ func testSubmitOrRunKeepsOrder(t *testing.T, senders int) {
 	}
 }
 
+// A batch run by SubmitOrRun takes nothing queued: Run may have taken a request from the
+// mailbox and be waiting for own to run it, with a later one of the same connection
+// behind it in the mailbox.
+func TestBatchRunByCallerTakesNothingQueued(t *testing.T) {
+	h := newHarness(t, nil).start()
+	h.a.own.Lock() // as a SubmitOrRun running a batch does
+	first := h.a.Submit("patch", []byte(`{"key":"k","merge":{"n":1}}`))
+	require.Eventually(t, func() bool { return len(h.a.mailbox) == 0 }, 5*time.Second, time.Millisecond,
+		"Run took it and waits for own")
+	second := h.a.Submit("patch", []byte(`{"key":"k","merge":{"n":2}}`))
+	other, err := h.a.parse("put", []byte(`{"key":"other","value":{}}`))
+	require.Nil(t, err)
+	ch := make(chan Reply, 1)
+	other.reply = ch
+	h.a.queued.Add(1)
+	h.a.runBatch(other, false)
+	h.a.own.Unlock()
+	require.Nil(t, (<-ch).Err)
+	require.Nil(t, (<-first).Err)
+	require.Nil(t, (<-second).Err)
+	require.Equal(t, 2.0, h.ok("get", `{"key":"k"}`)["value"].(map[string]any)["n"])
+}
+
 func TestBackgroundSnapshot(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.SnapshotInterval = 5 * time.Millisecond }).start()
 	h.ok("put", `{"key":"a","value":{}}`)
@@ -1609,7 +1632,7 @@ func TestTooLargeCompactionBacksOff(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.CompactBytes = 1024 }).open()
 	for i := range 20 {
 		ch := h.a.Submit("put", fmt.Appendf(nil, `{"key":"k%d","value":{"pad":%q}}`, i, strings.Repeat("x", 200)))
-		h.a.runBatch(<-h.a.mailbox)
+		h.a.runBatch(<-h.a.mailbox, true)
 		require.Nil(t, (<-ch).Err)
 	}
 	size := h.a.journal.Size()
