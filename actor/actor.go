@@ -42,9 +42,10 @@ type Config struct {
 	MaxValueBytes    int           // largest encoded entry (default 16 MiB)
 	MaxDepth         int           // deepest JSON nesting of params (default 64)
 	SnapshotInterval time.Duration // snapshot at most this long after a change (default 1s; <0: only on flush and stop)
-	// SnapshotRate bounds how fast a background snapshot is written, in bytes a second
-	// (persist.Throttle); one that a flush or a stop waits for goes at full speed, and
-	// one too old for them is abandoned (hurrySnapshot). Default 100 MB/s; <0: no limit.
+	// SnapshotRate bounds how fast a background snapshot or a new journal (compaction)
+	// is written, in bytes a second (persist.Throttle); one that a flush or a stop waits
+	// for goes at full speed, and a snapshot too old for them is abandoned
+	// (hurrySnapshot). Default 100 MB/s; <0: no limit.
 	SnapshotRate  float64
 	SyncInterval  time.Duration // durable:false writes reach the disk within this (default 1s)
 	DedupWindow   time.Duration // request_id records kept at least this long (default 5m)
@@ -157,11 +158,12 @@ type Actor struct {
 	journalErr  error
 	snapErr     error
 
-	compacting  bool               // a new journal is being written in the background
-	compactGen  uint64             // bumped whenever the journal is switched
-	compactBase int64              // size of the journal when it was last switched
-	frameBuf    []byte             // a batch's frames, reused: nothing keeps them after the append
-	compactDone chan compactResult // from the compaction goroutine; buffered
+	compacting   bool               // a new journal is being written in the background
+	compactLimit *persist.Throttle  // the running compaction's; Hurry when a stop waits for it
+	compactGen   uint64             // bumped whenever the journal is switched
+	compactBase  int64              // size of the journal when it was last switched
+	frameBuf     []byte             // a batch's frames, reused: nothing keeps them after the append
+	compactDone  chan compactResult // from the compaction goroutine; buffered
 	// unsynced are the dedup records whose frames are appended but not fsync'd. They
 	// keep their bytes until then: after a failed fsync a new journal is written from
 	// memory, not from a file whose pages the kernel may have dropped.
@@ -456,9 +458,7 @@ func (a *Actor) stop() error {
 	}
 	a.hurrySnapshot() // the final snapshot comes next
 	a.waitSnapshot()
-	if a.compacting {
-		a.finishCompaction(<-a.compactDone)
-	}
+	a.awaitCompaction()
 	if a.journalErr != nil {
 		a.retry()
 		a.waitSnapshot()
@@ -470,9 +470,7 @@ func (a *Actor) stop() error {
 		a.waitSnapshot()
 		err = a.snapErr
 	}
-	if a.compacting {
-		a.finishCompaction(<-a.compactDone)
-	}
+	a.awaitCompaction()
 	if len(a.held) > 0 {
 		// Their outcome is not known: the failed frames could be neither cut off nor
 		// replaced. No answer is the honest one; the connection is closed and a retry
@@ -1028,18 +1026,55 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 		return
 	}
 	// The new journal is written on another goroutine from an immutable copy of what it
-	// must hold, so writers do not wait for it; frames appended meanwhile are copied
-	// from the old journal's file when it is put in place. (Kept in memory, they were
-	// tens of megabytes when large entries were patched during a long compaction.)
+	// must hold, so writers do not wait for it, and no faster than a background
+	// snapshot (SnapshotRate). Frames appended meanwhile are copied from the old
+	// journal's file, most of them by that goroutine too (catchUp), the rest when it is
+	// put in place. (Kept in memory, they were tens of megabytes when large entries were
+	// patched during a long compaction.)
 	a.compacting = true
-	gen, plan := a.compactGen, a.journalContents()
+	a.compactLimit = persist.NewThrottle(a.cfg.SnapshotRate)
+	gen, plan, limit := a.compactGen, a.journalContents(), a.compactLimit
+	old, oldFile := a.journal, a.journal.Reader() // the file: Close may clear the field meanwhile
 	before, dedupEnd := a.journal.Size(), a.dedup.end()
 	go func() {
 		background()
 		start := time.Now()
-		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, plan.write)
-		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, start: start, plan: plan, dedupEnd: dedupEnd}
+		next, err := persist.PrepareJournal(a.cfg.FS, a.journalPath, plan.write, limit)
+		caughtUp := before
+		if err == nil {
+			if caughtUp, err = catchUp(next, old.Synced, oldFile, before, limit); err != nil {
+				next.Abort()
+				next = nil
+			}
+		}
+		a.compactDone <- compactResult{gen: gen, next: next, err: err, before: before, caughtUp: caughtUp,
+			start: start, plan: plan, dedupEnd: dedupEnd}
 	}()
+}
+
+// catchUpSlack is how much of what the old journal took during a compaction may be
+// left for the copy on the actor goroutine at its commit: ~0.5 ms of writes held up.
+const catchUpSlack = 256 << 10
+
+// catchUp copies to next what the old journal (file, whose fsyncs have covered it up to
+// synced) took from offset `from` on, until less than catchUpSlack is left. The
+// throttle's limit is lifted after a few rounds: writes faster than it would otherwise
+// keep ahead for good. It returns how far it copied.
+func catchUp(next *persist.NextJournal, synced func() int64, file io.ReaderAt, from int64, limit *persist.Throttle) (int64, error) {
+	for round := 1; round <= 8; round++ {
+		to := synced()
+		if to-from < catchUpSlack {
+			break
+		}
+		if round == 4 {
+			limit.Hurry()
+		}
+		if err := next.CatchUp(file, from, to); err != nil {
+			return from, err
+		}
+		from = to
+	}
+	return from, nil
 }
 
 type compactResult struct {
@@ -1047,9 +1082,18 @@ type compactResult struct {
 	next     *persist.NextJournal
 	err      error
 	before   int64 // the old journal's size when it began: the delta follows
+	caughtUp int64 // next holds the delta up to here already
 	start    time.Time
 	plan     *journalPlan
 	dedupEnd uint64 // dedup records from this seq on came later, in the delta
+}
+
+// awaitCompaction finishes a running compaction at full speed: a stop waits for it.
+func (a *Actor) awaitCompaction() {
+	if a.compacting {
+		a.compactLimit.Hurry()
+		a.finishCompaction(<-a.compactDone)
+	}
 }
 
 // finishCompaction puts the new journal in place with the frames appended meanwhile.
@@ -1082,7 +1126,7 @@ func (a *Actor) finishCompaction(res compactResult) {
 		return
 	}
 	delta := a.journal.Size() - res.before
-	j, err := res.next.Commit(io.NewSectionReader(a.journal.Reader(), res.before, delta))
+	j, err := res.next.Commit(io.NewSectionReader(a.journal.Reader(), res.caughtUp, a.journal.Size()-res.caughtUp))
 	if err != nil {
 		a.log.Warn("journal compaction failed; will try after the next snapshot", "err", err)
 		if errors.Is(err, persist.ErrReplaced) {
@@ -1098,7 +1142,7 @@ func (a *Actor) finishCompaction(res compactResult) {
 	a.dedup.shift(res.dedupEnd, j.Size()-delta-res.before)
 	a.switchJournal(j)
 	a.log.Info("journal compacted", "before", res.before, "after", j.Size(), "delta", delta,
-		"took", time.Since(res.start).Round(time.Millisecond))
+		"delta_at_commit", res.before+delta-res.caughtUp, "took", time.Since(res.start).Round(time.Millisecond))
 }
 
 // flush answers once sessions.json holds every write acknowledged before it.

@@ -972,6 +972,35 @@ func TestThrottledSnapshotHurried(t *testing.T) {
 	}
 }
 
+// A compaction is written no faster than a background snapshot, and one running when
+// the actor stops goes at full speed: the stop does not wait for the throttle.
+func TestThrottledCompactionHurriedAtStop(t *testing.T) {
+	var logs lockedBuffer
+	h := newHarness(t, func(c *Config) {
+		c.FS = persist.OS{} // a real file: paced, so throttled
+		c.SnapshotRate = 10e3
+		c.CompactBytes = 1 << 20
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	}).start()
+	big := strings.Repeat("x", 100_000)
+	for i := range 15 {
+		// A patch's outcome is its entry: the new journal's checkpoint holds 1.5 MB.
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"v":"%s"},"request_id":"r%d"}`, i, big, i))
+	}
+	h.ok("flush", `{}`) // hurried; then a compaction starts, at 10 kB/s: minutes
+	time.Sleep(200 * time.Millisecond)
+	require.True(t, func() bool { h.a.own.Lock(); defer h.a.own.Unlock(); return h.a.compacting }(), "compacting")
+	done := make(chan error, 1)
+	go func() { done <- h.stop() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the stop waited for the throttle")
+	}
+	require.Contains(t, logs.String(), "journal compacted")
+}
+
 // Flushes with writes between them, faster than a snapshot is written: each snapshot
 // that an earlier flush waits for is finished, not abandoned for the next flush, so
 // flushes keep being answered.
@@ -1052,21 +1081,26 @@ func TestListCursorAcrossRestart(t *testing.T) {
 // Writes that arrive while a compaction writes the new journal in the background are
 // carried over into it: nothing is lost when it is put in place.
 func TestCompactionCarriesWritesMadeMeanwhile(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.CompactBytes = 2048 }).start()
+	var logs lockedBuffer
+	h := newHarness(t, func(c *Config) {
+		c.CompactBytes = 2048
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+	}).start()
 	for i := range 50 {
 		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"n":%d}}`, i%5, i))
 	}
 	entered, release := h.holdOnce("create", func(path string) bool { return strings.HasSuffix(path, ".journal") })
 	h.ok("flush", ``) // snapshot done: the compaction starts and blocks
 	<-entered
+	pad := strings.Repeat("p", 10_000) // 30 of them: more than catchUpSlack
 	for i := range 30 {
-		h.ok("put", fmt.Sprintf(`{"key":"during%d","value":{"i":%d},"request_id":"d%d"}`, i, i, i))
+		h.ok("put", fmt.Sprintf(`{"key":"during%d","value":{"i":%d,"pad":%q},"request_id":"d%d"}`, i, i, pad, i))
 	}
 	close(release)
-	require.Eventually(t, func() bool {
-		fi, err := os.Stat(h.cfg.Store + ".journal")
-		return err == nil && fi.Size() < 2048*4
-	}, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "journal compacted") }, 5*time.Second, time.Millisecond)
+	// Those writes were fsync'd before the new journal was written: its goroutine copied
+	// them, and none was left for the commit on the actor goroutine.
+	require.Contains(t, logs.String(), `"delta_at_commit":0,`)
 	h.fs.setFail(nil)
 	h.ok("put", `{"key":"after","value":{}}`)
 	// Crash-like restart: the final snapshot fails, so everything must come from the
@@ -1074,10 +1108,10 @@ func TestCompactionCarriesWritesMadeMeanwhile(t *testing.T) {
 	h.stopWithoutSnapshot()
 	h.start()
 	for i := range 30 {
-		require.Equal(t, map[string]any{"i": float64(i)}, h.ok("get", fmt.Sprintf(`{"key":"during%d"}`, i))["value"])
+		require.Equal(t, map[string]any{"i": float64(i), "pad": pad}, h.ok("get", fmt.Sprintf(`{"key":"during%d"}`, i))["value"])
 	}
 	h.ok("get", `{"key":"after"}`)
-	r := h.ok("put", `{"key":"during3","value":{"i":3},"request_id":"d3"}`)
+	r := h.ok("put", fmt.Sprintf(`{"key":"during3","value":{"i":3,"pad":%q},"request_id":"d3"}`, pad))
 	require.Equal(t, 54.0, r["rev"], "dedup records made during the compaction survive too")
 }
 

@@ -118,11 +118,11 @@ func paced(p Pending, t *Throttle) io.Writer {
 	return &pacedWriter{w: p, rc: rc, throttle: t, started: time.Now()}
 }
 
-// Throttle bounds the rate at which a background snapshot is handed to the disk. A
-// journal fsync waits for the disk's write cache, and with it for whatever else was
-// written meanwhile: while a 48 MB snapshot went to the disk as fast as it could take
-// it (~0.1 s), the journal's fsyncs took about three times as long (median) as between
-// snapshots; at 100 MB/s, hardly longer. A nil *Throttle does not limit.
+// Throttle bounds the rate at which a background snapshot or new journal is handed to
+// the disk. A journal fsync waits for the disk's write cache, and with it for whatever
+// else was written meanwhile: while a 48 MB snapshot went to the disk as fast as it
+// could take it (~0.1 s), the journal's fsyncs took about three times as long (median)
+// as between snapshots; at 100 MB/s, hardly longer. A nil *Throttle does not limit.
 // Goroutine-safe.
 type Throttle struct {
 	rate         float64 // bytes per second

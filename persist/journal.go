@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"sync/atomic"
 )
 
 // The journal is a sequence of frames: a little-endian uint32 payload length, the
@@ -692,6 +693,7 @@ type Journal struct {
 	f       File
 	path    string
 	size    int64
+	synced  atomic.Int64 // what the last successful fsync covered: never cut, never lost
 	broken  error
 	retired string // the journal this one replaced, under a temp name
 }
@@ -703,7 +705,7 @@ type Contents func(w io.Writer) error
 // CreateJournal atomically replaces the journal at path with one holding contents,
 // durable on return, and opens it for appending.
 func CreateJournal(fsys FS, path string, contents Contents) (*Journal, error) {
-	next, err := PrepareJournal(fsys, path, contents)
+	next, err := PrepareJournal(fsys, path, contents, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -736,20 +738,19 @@ type NextJournal struct {
 	fsys FS
 	path string
 	p    Pending
-	size int64
+	w    *countingWriter // into p, paced and throttled
 }
 
-// PrepareJournal writes contents to a temp file beside path.
-func PrepareJournal(fsys FS, path string, contents Contents) (*NextJournal, error) {
+// PrepareJournal writes contents to a temp file beside path, no faster than throttle
+// (nil: as fast as it goes).
+func PrepareJournal(fsys FS, path string, contents Contents, throttle *Throttle) (*NextJournal, error) {
 	p, err := fsys.NewPending(path)
 	if err != nil {
 		return nil, fmt.Errorf("write journal %s: %w", path, err)
 	}
 	// Through a buffer: contents writes a frame at a time, and the frames of a large
 	// journal are not held in memory all at once.
-	// Not throttled: the frames appended meanwhile are copied on the journal owner's
-	// goroutine at Commit, and a slower write only makes them more.
-	cw := &countingWriter{w: paced(p, nil)}
+	cw := &countingWriter{w: paced(p, throttle)}
 	bw := bufio.NewWriterSize(cw, 1<<20)
 	err = contents(bw)
 	if err == nil {
@@ -764,7 +765,22 @@ func PrepareJournal(fsys FS, path string, contents Contents) (*NextJournal, erro
 		p.Cleanup()
 		return nil, fmt.Errorf("fsync journal %s: %w", path, err)
 	}
-	return &NextJournal{fsys: fsys, path: path, p: p, size: cw.n}, nil
+	return &NextJournal{fsys: fsys, path: path, p: p, w: cw}, nil
+}
+
+// CatchUp appends r's bytes from `from` to `to` and fsyncs them, on the caller's
+// goroutine: frames the current journal took after the new one was begun, up to what
+// its last fsync covered (Journal.Synced), so that they are final. Commit then has only
+// the frames after `to` to copy, on the journal owner's goroutine, where every byte
+// holds up writes. On error the NextJournal must be aborted.
+func (n *NextJournal) CatchUp(r io.ReaderAt, from, to int64) error {
+	if _, err := io.Copy(n.w, io.NewSectionReader(r, from, to-from)); err != nil {
+		return fmt.Errorf("write journal %s: %w", n.path, err)
+	}
+	if err := n.p.Sync(); err != nil {
+		return fmt.Errorf("fsync journal %s: %w", n.path, err)
+	}
+	return nil
 }
 
 type countingWriter struct {
@@ -805,7 +821,9 @@ func (n *NextJournal) Commit(delta io.Reader) (*Journal, error) {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
 	}
-	return &Journal{fsys: n.fsys, f: f, path: n.path, size: n.size + copied, retired: retired}, nil
+	j := &Journal{fsys: n.fsys, f: f, path: n.path, size: n.w.n + copied, retired: retired}
+	j.synced.Store(j.size) // the rename's fsync covered it
+	return j, nil
 }
 
 // Abort removes the temp file.
@@ -834,8 +852,14 @@ func (j *Journal) Sync() error {
 		j.broken = fmt.Errorf("%w: fsync %s: %w", ErrBroken, j.path, err)
 		return fmt.Errorf("fsync journal %s: %w", j.path, err)
 	}
+	j.synced.Store(j.size)
 	return nil
 }
+
+// Synced is how much of the journal its last successful fsync covered: those bytes are
+// never cut off again (Cut only removes a failed batch, after them). 0 until then for
+// a journal opened at start. Goroutine-safe.
+func (j *Journal) Synced() int64 { return j.synced.Load() }
 
 // Cut durably removes everything after size (frames of a batch whose append or fsync
 // failed), so that they can never be replayed. It leaves the journal broken: nothing is

@@ -282,6 +282,45 @@ func TestJournalBrokenAfterFailure(t *testing.T) {
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
 }
 
+// A compaction's new journal takes the frames appended to the old one meanwhile in two
+// parts: CatchUp, on its own goroutine, as far as the old journal's fsyncs reach
+// (Synced), and Commit the rest. The result is the old journal's frames in order.
+func TestNextJournalCatchUp(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "j")
+	checkpoint := func(w io.Writer) error {
+		_, err := w.Write(AppendRecord(AppendIntent(nil, SnapshotID{Rev: 1, Size: -1}), &Record{Rev: 1}))
+		return err
+	}
+	// Not a valid journal by itself (no checkpoint first): only the bytes matter here.
+	old, err := CreateJournal(OS{}, path, checkpoint)
+	require.NoError(t, err)
+	require.Equal(t, old.Size(), old.Synced(), "a new journal is durable")
+	before := old.Size()
+
+	next, err := PrepareJournal(OS{}, path, checkpoint, nil)
+	require.NoError(t, err)
+	require.NoError(t, old.Append(AppendRecord(nil, &Record{Rev: 2})))
+	require.Equal(t, before, old.Synced(), "not covered by an fsync yet")
+	require.NoError(t, old.Sync())
+	synced := old.Synced()
+	require.Equal(t, old.Size(), synced)
+	require.NoError(t, old.Append(AppendRecord(nil, &Record{Rev: 3})))
+	require.NoError(t, next.CatchUp(old.Reader(), before, synced))
+	j, err := next.Commit(io.NewSectionReader(old.Reader(), synced, old.Size()-synced))
+	require.NoError(t, err)
+	require.NoError(t, old.Close())
+	require.Equal(t, j.Size(), j.Synced())
+
+	got, err := os.ReadFile(path)
+	require.NoError(t, err)
+	want := AppendRecord(AppendRecord(AppendRecord(AppendIntent(nil, SnapshotID{Rev: 1, Size: -1}), &Record{Rev: 1}),
+		&Record{Rev: 2}), &Record{Rev: 3})
+	require.Equal(t, want, got)
+	require.Equal(t, int64(len(want)), j.Size())
+	require.NoError(t, j.Close())
+}
+
 func TestOwnerLock(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.owner")
 	o, err := Acquire(path)

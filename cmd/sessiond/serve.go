@@ -70,7 +70,7 @@ Flags:
 	fl.IntVar(&a.MaxValueBytes, "max-value-bytes", 16<<20, "largest entry (encoded) in bytes; larger gets too_large")
 	fl.IntVar(&a.MaxDepth, "max-depth", 64, "deepest JSON nesting accepted in a request's params")
 	fl.DurationVar(&a.SnapshotInterval, "snapshot-interval", time.Second, "rewrite sessions.json at most this long after a change (negative: only on flush and stop)")
-	snapRate := fl.Float64("snapshot-rate", actor.DefaultSnapshotRate/1e6, "write background snapshots at most this many MB a second, so that durable writes' fsyncs do not queue behind them (0: no limit); one a flush or stop waits for goes at full speed")
+	snapRate := fl.Float64("snapshot-rate", actor.DefaultSnapshotRate/1e6, "write background snapshots and journal rewrites at most this many MB a second, so that durable writes' fsyncs do not queue behind them (0: no limit); one a flush or stop waits for goes at full speed")
 	fl.DurationVar(&a.SyncInterval, "sync-interval", time.Second, "durable:false writes reach the disk within this")
 	fl.DurationVar(&a.DedupWindow, "dedup-window", 5*time.Minute, "request_id records are kept at least this long...")
 	fl.IntVar(&a.DedupMax, "dedup-max", 1_000_000, "...unless more than this many")
