@@ -1708,3 +1708,90 @@ func TestBackgroundLowersItsThreadOnly(t *testing.T) {
 		return errors.Is(err, os.ErrNotExist)
 	}, 5*time.Second, time.Millisecond)
 }
+
+// SubmitOrRun mixed with Submit, flushes and durable:false writes, with 1 ms timers and
+// fsyncs that fail now and then: each sender's writes keep their order, every request
+// is answered, and what batches run by callers arm is seen by Run (the durable and
+// snapshot revisions catch up, nothing stays degraded).
+func TestSubmitOrRunWithFailingFsyncs(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.SnapshotInterval, c.SyncInterval, c.RetryInterval = time.Millisecond, time.Millisecond, time.Millisecond
+	}).start()
+	var failing atomic.Bool
+	h.fs.setFail(func(op, path string) error {
+		if failing.Load() && op == "sync" && rand.IntN(4) == 0 {
+			return syscall.EIO
+		}
+		return nil
+	})
+	const senders = 4
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	wait := func(ch <-chan Reply) (Reply, error) {
+		select {
+		case r := <-ch:
+			return r, nil
+		case <-time.After(10 * time.Second):
+			return Reply{}, fmt.Errorf("no answer")
+		}
+	}
+	for c := range senders {
+		wg.Go(func() {
+			last := int64(0)
+			for i := range 400 {
+				if c == 0 {
+					failing.Store(i%50 < 5)
+				}
+				var chs []<-chan Reply
+				n := 1 + rand.IntN(3)
+				for j := range n {
+					params := fmt.Appendf(nil, `{"key":"c%d","merge":{"n":%d},"durable":%v}`, c, i*3+j, rand.IntN(2) == 0)
+					if j == n-1 {
+						chs = append(chs, h.a.SubmitOrRun("patch", params))
+					} else {
+						chs = append(chs, h.a.Submit("patch", params))
+					}
+				}
+				var fl <-chan Reply
+				if rand.IntN(20) == 0 {
+					fl = h.a.SubmitOrRun("flush", nil)
+				}
+				for _, ch := range chs {
+					r, err := wait(ch)
+					if err != nil {
+						errs <- fmt.Errorf("sender %d: %v", c, err)
+						return
+					}
+					if r.Err != nil {
+						continue
+					}
+					var res struct{ Rev int64 }
+					_ = json.Unmarshal(r.Result, &res)
+					if res.Rev != 0 && res.Rev <= last {
+						errs <- fmt.Errorf("sender %d: rev %d after %d", c, res.Rev, last)
+						return
+					}
+					if res.Rev != 0 {
+						last = res.Rev
+					}
+				}
+				if fl != nil {
+					if _, err := wait(fl); err != nil {
+						errs <- fmt.Errorf("sender %d flush: %v", c, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	failing.Store(false)
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool {
+		s := h.a.Stats()
+		return s.DurableRev == s.Rev && s.SnapshotRev == s.Rev && s.Degraded == ""
+	}, 10*time.Second, time.Millisecond, "%+v", h.a.Stats())
+}

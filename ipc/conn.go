@@ -70,6 +70,7 @@ type conn struct {
 type item struct {
 	batch bool
 	parts []part
+	raw   []byte // the rest of an answer the reader began writing (answerNow)
 }
 
 // ready reports whether every answer it is owed can be written without waiting.
@@ -169,7 +170,10 @@ func (c *conn) readLoop() error {
 // answerNow writes the answer to it on the reader's goroutine when it is ready (the
 // backend ran the request in SubmitOrRun), nothing read before it is still owed, and the
 // writer is idle: for a client that waits for each answer, that spares waking the writer's
-// goroutine, which costs about as much as the rest of a get. It reports whether it did.
+// goroutine, which costs about as much as the rest of a get. The reader never waits for
+// the client, which may be busy writing its next requests: what the socket does not
+// take at once goes to the writer, and the line's slot with it. It reports whether it
+// answered (or queued the rest, or found the connection failing).
 func (c *conn) answerNow(it item) bool {
 	if len(c.slots) != 1 || !it.ready() || !c.w.mu.TryLock() {
 		return false
@@ -183,15 +187,50 @@ func (c *conn) answerNow(it item) bool {
 		return false // the writer ends the connection once it has written this
 	}
 	// No goaway here: the idle writer is waiting for the drain too, and writes it.
-	if w.err = w.write(it); w.err == nil {
-		w.err = w.bw.Flush()
+	msg, err := w.encode(it)
+	if err == nil {
+		var n int
+		if n, err = writeNow(c.nc, msg); err == nil && n < len(msg) {
+			c.fifo <- item{raw: bytes.Clone(msg[n:])}
+			return true
+		}
 	}
-	if w.err != nil {
+	if err != nil {
+		w.err = err
 		c.close() // the writer wakes and returns w.err
 		return true
 	}
 	<-c.slots
 	return true
+}
+
+// writeNow writes what the socket takes without waiting.
+func writeNow(nc *net.UnixConn, b []byte) (int, error) {
+	rc, err := nc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	if err := rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, e := unix.Write(int(fd), b[n:])
+			if e == unix.EINTR {
+				continue
+			}
+			if e != nil {
+				if e != unix.EAGAIN {
+					werr = e
+				}
+				return true
+			}
+			n += m
+		}
+		return true
+	}); err != nil {
+		return n, err
+	}
+	return n, werr
 }
 
 // readLine returns the next line without its newline, valid until the next call. A line
@@ -533,8 +572,22 @@ func (w *writer) flushed(err error) error {
 
 // write encodes and writes everything one line is owed.
 func (w *writer) write(it item) error {
+	if it.raw != nil {
+		_, err := w.bw.Write(it.raw)
+		return err
+	}
+	b, err := w.encode(it)
+	if err != nil || b == nil {
+		return err
+	}
+	_, err = w.bw.Write(b)
+	return err
+}
+
+// encode encodes everything one line is owed into w.buf; nil when it is owed nothing.
+func (w *writer) encode(it item) ([]byte, error) {
 	if len(it.parts) == 0 {
-		return nil
+		return nil, nil
 	}
 	if cap(w.buf) > keepBufSize {
 		w.buf = nil
@@ -549,15 +602,14 @@ func (w *writer) write(it item) error {
 		}
 		var err error
 		if w.buf, err = w.appendPart(w.buf, p); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if it.batch {
 		w.buf = append(w.buf, ']')
 	}
 	w.buf = append(w.buf, '\n')
-	_, err := w.bw.Write(w.buf)
-	return err
+	return w.buf, nil
 }
 
 // appendPart appends one answer, waiting for the backend if need be.

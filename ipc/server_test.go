@@ -1035,3 +1035,59 @@ func TestWireErrorTable(t *testing.T) {
 	}
 	require.Equal(t, want, wireErrors)
 }
+
+// A client that pipelines (writes its requests, then reads the answers) is not dropped
+// while fewer than MaxPending lines are owed, also when the first request was read alone
+// (SubmitOrRun, answerNow) and its answer is larger than the socket buffer: the reader
+// writes what the socket takes without waiting and leaves the rest to the writer, and
+// goes on reading.
+func TestPipelinedClientNotStalledByReaderWrite(t *testing.T) {
+	big := []byte(`{"pad":"` + strings.Repeat("x", 2<<20) + `"}`)
+	backend := &fakeBackend{submit: func(method string, params []byte) <-chan actor.Reply {
+		if method == "big" {
+			return replyNow(actor.Reply{Result: big})
+		}
+		return replyNow(actor.Reply{Result: echoResult(method, params)})
+	}}
+	ts := startServer(t, ServerConfig{Backend: backend, WriteTimeout: 2 * time.Second})
+	c := dial(t, ts.path)
+	c.send(req("0", "big", ""))
+	time.Sleep(100 * time.Millisecond) // read alone: nothing buffered behind it
+	// Two requests in flight: the second (a put of 1 MB) is written before reading.
+	const n = 1
+	line := req("1", "put", fmt.Sprintf(`{"key":"k","value":{"pad":%q}}`, strings.Repeat("y", 1<<20))) + "\n"
+	require.NoError(t, c.nc.SetWriteDeadline(time.Now().Add(4*time.Second)))
+	_, err := c.nc.Write([]byte(line))
+	require.NoError(t, err, "the server stopped reading a pipelining client")
+	for i := 0; i <= n; i++ {
+		require.Equal(t, strconv.Itoa(i), string(c.recv().ID))
+	}
+}
+
+// The same with the real actor: the answer of a patch run on the reader (the merged
+// value, larger than the socket buffer) arrives whole while the client is still writing.
+func TestPipelinedPatchAnswerArrives(t *testing.T) {
+	a, err := actor.Open(actor.Config{Store: filepath.Join(t.TempDir(), "sessions.json"), SnapshotInterval: -1})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-runDone; _ = a.Close() })
+
+	ts := startServer(t, ServerConfig{Backend: a, WriteTimeout: 2 * time.Second})
+	c := dial(t, ts.path)
+	c.send(req("0", "put", fmt.Sprintf(`{"key":"big","value":{"pad":%q}}`, strings.Repeat("x", 2<<20))))
+	require.Nil(t, c.recv().Error)
+	c.send(req("1", "patch", `{"key":"big","merge":{"n":1}}`)) // alone: SubmitOrRun, answerNow
+	time.Sleep(100 * time.Millisecond)
+	var b strings.Builder
+	for i := 2; i < 200; i++ {
+		b.WriteString(req(strconv.Itoa(i), "get", fmt.Sprintf(`{"key":"k%d","pad":%q}`, i, strings.Repeat("y", 8<<10))) + "\n")
+	}
+	require.NoError(t, c.nc.SetWriteDeadline(time.Now().Add(4*time.Second)))
+	_, werr := c.nc.Write([]byte(b.String()))
+	_ = c.nc.SetReadDeadline(time.Now().Add(testWait))
+	m, rerr := c.br.ReadString('\n') // the patch's answer
+	require.NoError(t, werr, "write; patch answer: %d bytes read, err %v; store rev %d (the patch was executed)", len(m), rerr, a.Stats().Rev)
+	require.NoError(t, rerr)
+}
