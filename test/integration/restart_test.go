@@ -98,6 +98,8 @@ func TestUpgradeStorm(t *testing.T) {
 	admin := d.client()
 	st0 := status(t, admin)
 	require.Equal(t, "itest", st0.Version)
+	// waitReady's probe may still be closing on the daemon's side: count without it.
+	require.Eventually(t, func() bool { return status(t, admin).Connections == 1 }, 10*time.Second, time.Millisecond)
 	fds0 := fdCount(t, d.pid())
 	env0 := environ(t, d.pid())
 
