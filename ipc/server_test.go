@@ -551,20 +551,6 @@ func TestReadyAnswerWaitsForEarlierOnes(t *testing.T) {
 	require.Equal(t, int64(3), backend.ran.Load())
 }
 
-// A client that sends one request at a time and never reads is dropped after the write
-// timeout also when the reader is the one writing its answers (answerNow).
-func TestStalledReaderOfReadyAnswersDropped(t *testing.T) {
-	big := []byte(`{"pad":"` + strings.Repeat("x", 4<<20) + `"}`)
-	backend := &fakeBackend{submit: func(string, []byte) <-chan actor.Reply {
-		return replyNow(actor.Reply{Result: big})
-	}}
-	ts := startServer(t, ServerConfig{Backend: backend, WriteTimeout: 200 * time.Millisecond})
-	stuck := dial(t, ts.path)
-	stuck.send(req("1", "get", "")) // and never read
-	require.Eventually(t, func() bool { return backend.ran.Load() == 1 }, testWait, time.Millisecond)
-	require.Eventually(t, func() bool { return ts.srv.Conns() == 0 }, testWait, 10*time.Millisecond)
-}
-
 func TestIDEchoedExactly(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	c := dial(t, ts.path)
@@ -737,23 +723,35 @@ func TestMaxPendingBackPressure(t *testing.T) {
 	require.Equal(t, int64(maxPending), most.Load(), "the limit was reached")
 }
 
+// A client that stops reading its answers is dropped after the write timeout: one that
+// pipelines, and one that sent a single request, whose answer the reader begins to write
+// itself (answerNow) and leaves the rest of to the writer.
 func TestStalledReaderDropped(t *testing.T) {
-	big := []byte(`{"pad":"` + strings.Repeat("x", 256<<10) + `"}`)
-	backend := &fakeBackend{submit: func(string, []byte) <-chan actor.Reply {
-		return replyNow(actor.Reply{Result: big})
-	}}
-	ts := startServer(t, ServerConfig{Backend: backend, WriteTimeout: 200 * time.Millisecond})
-	stuck := dial(t, ts.path)
-	var lines []string
-	for i := range 64 {
-		lines = append(lines, req(strconv.Itoa(i), "get", ""))
-	}
-	stuck.send(lines...) // and never read
-	require.Eventually(t, func() bool { return ts.srv.Conns() == 0 }, testWait, 10*time.Millisecond)
+	for _, tc := range []struct {
+		name     string
+		requests int
+		size     int
+	}{{"pipelined", 64, 256 << 10}, {"one request", 1, 4 << 20}} {
+		t.Run(tc.name, func(t *testing.T) {
+			big := []byte(`{"pad":"` + strings.Repeat("x", tc.size) + `"}`)
+			backend := &fakeBackend{submit: func(string, []byte) <-chan actor.Reply {
+				return replyNow(actor.Reply{Result: big})
+			}}
+			ts := startServer(t, ServerConfig{Backend: backend, WriteTimeout: 200 * time.Millisecond})
+			stuck := dial(t, ts.path)
+			var lines []string
+			for i := range tc.requests {
+				lines = append(lines, req(strconv.Itoa(i), "get", ""))
+			}
+			stuck.send(lines...) // and never read
+			require.Eventually(t, func() bool { return backend.ran.Load() >= 1 }, testWait, time.Millisecond)
+			require.Eventually(t, func() bool { return ts.srv.Conns() == 0 }, testWait, 10*time.Millisecond)
 
-	c := dial(t, ts.path)
-	c.send(req("1", "get", ""))
-	require.JSONEq(t, string(big), string(c.recv().Result))
+			c := dial(t, ts.path)
+			c.send(req("1", "get", ""))
+			require.JSONEq(t, string(big), string(c.recv().Result))
+		})
+	}
 }
 
 func TestIdleTimeout(t *testing.T) {
