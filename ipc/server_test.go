@@ -437,7 +437,9 @@ func TestBatch(t *testing.T) {
 			c.reply <- actor.Reply{Result: echoResult(c.method, c.params)}
 		}
 	}()
-	defer close(calls)
+	// After the server's own cleanup (cleanups run last first): its reader may still be
+	// submitting, and nothing orders that before a deferred close.
+	t.Cleanup(func() { close(calls) })
 	ts := startServer(t, ServerConfig{Backend: backend})
 	c := dial(t, ts.path)
 
