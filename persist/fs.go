@@ -1,6 +1,7 @@
 package persist
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/google/renameio/v2"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // FS is the file system as persist uses it. OS is the real one; tests wrap it to inject
@@ -115,7 +117,7 @@ func paced(p Pending, t *Throttle) io.Writer {
 	if err != nil {
 		return p
 	}
-	return &pacedWriter{w: p, rc: rc, throttle: t, started: time.Now()}
+	return &pacedWriter{w: p, rc: rc, throttle: t}
 }
 
 // Throttle bounds the rate at which a background snapshot or new journal is handed to
@@ -123,10 +125,13 @@ func paced(p Pending, t *Throttle) io.Writer {
 // else was written meanwhile: while a 48 MB snapshot went to the disk as fast as it
 // could take it (~0.1 s), the journal's fsyncs took about three times as long (median)
 // as between snapshots; at 100 MB/s, hardly longer. A nil *Throttle does not limit.
-// Goroutine-safe.
+// Goroutine-safe. The token bucket is golang.org/x/time/rate's, a stretch deep and
+// empty at first.
 type Throttle struct {
-	rate         float64 // bytes per second
-	hurry, abort atomic.Bool
+	lim   *rate.Limiter
+	done  context.Context // ended by Hurry or Abort: wakes a write waiting for tokens
+	end   context.CancelFunc
+	abort atomic.Bool
 }
 
 // ErrAborted is what a write whose Throttle was aborted fails with.
@@ -137,26 +142,28 @@ func NewThrottle(bytesPerSec float64) *Throttle {
 	if bytesPerSec <= 0 {
 		return nil
 	}
-	return &Throttle{rate: bytesPerSec}
+	done, end := context.WithCancel(context.Background())
+	lim := rate.NewLimiter(rate.Limit(bytesPerSec), pace)
+	lim.AllowN(time.Now(), pace) // it starts full: no free first stretch
+	return &Throttle{lim: lim, done: done, end: end}
 }
 
 // Hurry lifts the limit for the rest of the write: somebody waits for it (a flush, a
 // stop). Safe on nil.
 func (t *Throttle) Hurry() {
 	if t != nil {
-		t.hurry.Store(true)
+		t.end()
 	}
 }
 
-// wait sleeps as long as a writer that started at started and has written n bytes must
-// to keep to the rate, a few milliseconds at a time so that a Hurry is noticed soon.
-func (t *Throttle) wait(n int64, started time.Time) {
-	for {
-		d := t.delay(n, time.Since(started))
-		if d <= 0 {
+// wait blocks until n more bytes may go to the disk, or the write is hurried or aborted.
+func (t *Throttle) wait(n int64) {
+	for t != nil && n > 0 && t.done.Err() == nil {
+		k := min(n, pace) // WaitN takes no more than the bucket holds
+		if t.lim.WaitN(t.done, int(k)) != nil {
 			return
 		}
-		time.Sleep(min(d, 5*time.Millisecond))
+		n -= k
 	}
 }
 
@@ -165,19 +172,11 @@ func (t *Throttle) wait(n int64, started time.Time) {
 func (t *Throttle) Abort() {
 	if t != nil {
 		t.abort.Store(true)
+		t.end()
 	}
 }
 
 func (t *Throttle) aborted() bool { return t != nil && t.abort.Load() }
-
-// delay is how long a writer that has written n bytes in elapsed should wait to keep to
-// the rate.
-func (t *Throttle) delay(n int64, elapsed time.Duration) time.Duration {
-	if t == nil || t.hurry.Load() || t.abort.Load() {
-		return 0
-	}
-	return time.Duration(float64(n)/t.rate*float64(time.Second)) - elapsed
-}
 
 // pace is the stretch pacedWriter hands to the disk at a time.
 const pace = 1 << 20
@@ -189,7 +188,7 @@ type pacedWriter struct {
 	start, end int64 // the stretch handed to the disk last, not yet waited for
 	unpaced    bool  // sync_file_range is not supported here: plain writes
 	throttle   *Throttle
-	started    time.Time
+	metered    int64 // bytes the throttle has let through
 }
 
 func (p *pacedWriter) Write(b []byte) (int, error) {
@@ -204,7 +203,8 @@ func (p *pacedWriter) Write(b []byte) (int, error) {
 		}
 	}
 	p.start, p.end = p.end, p.off
-	p.throttle.wait(p.off, p.started)
+	p.throttle.wait(p.off - p.metered)
+	p.metered = p.off
 	if p.throttle.aborted() {
 		return n, ErrAborted
 	}
