@@ -1,7 +1,6 @@
 package actor
 
 import (
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,11 +56,11 @@ func (f *faultFS) TruncateSync(path string, size int64) error {
 	return f.OS.TruncateSync(path, size)
 }
 
-func (f *faultFS) OpenAppend(path string) (persist.File, error) {
+func (f *faultFS) OpenFile(path string) (persist.File, error) {
 	if err := f.check("open", path); err != nil {
 		return nil, err
 	}
-	file, err := f.OS.OpenAppend(path)
+	file, err := f.OS.OpenFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -85,23 +84,23 @@ type faultFile struct {
 	f    persist.File
 }
 
-func (w *faultFile) Write(p []byte) (int, error) {
+func (w *faultFile) WriteAt(p []byte, off int64) (int, error) {
 	if err := w.fs.check("write", w.path); err != nil {
 		// A failing disk may take part of the write: that is the torn tail case.
-		n, _ := w.f.Write(p[:len(p)/2])
+		n, _ := w.f.WriteAt(p[:len(p)/2], off)
 		return n, err
 	}
-	return w.f.Write(p)
+	return w.f.WriteAt(p, off)
 }
 
-func (w *faultFile) Sync() error {
+func (w *faultFile) Datasync() error {
 	if err := w.fs.check("sync", w.path); err != nil {
 		return err
 	}
 	if strings.HasSuffix(w.path, ".journal") {
 		w.fs.syncs.Add(1)
 	}
-	return w.f.Sync()
+	return w.f.Datasync()
 }
 
 func (w *faultFile) ReadAt(p []byte, off int64) (int, error) {
@@ -110,6 +109,8 @@ func (w *faultFile) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return w.f.ReadAt(p, off)
 }
+
+func (w *faultFile) Available() (int64, error) { return w.f.Available() }
 
 func (w *faultFile) Close() error { return w.f.Close() }
 
@@ -148,6 +149,6 @@ func readFile(path string) string {
 	return string(b)
 }
 
-var _ io.Writer = (*faultFile)(nil)
+var _ persist.File = (*faultFile)(nil)
 
 func storePath(dir string) string { return filepath.Join(dir, "sessions.json") }
