@@ -44,6 +44,9 @@ type loadSpec struct {
 	// noRequestIDs sends sessiond's writes without a request_id (ipc.NoRequestID), so
 	// the daemon keeps no outcome for them.
 	noRequestIDs bool
+	// between, if set, is called by each closed-loop client after every probeEvery-th
+	// measured operation, outside its timing (the fsync probes of the 1-client goal).
+	between func()
 }
 
 // loadOutcome is what driving a system measured.
@@ -148,6 +151,9 @@ func driveSessiond(ctx context.Context, socket string, ws *workSet, spec loadSpe
 						out.rec.fail(reasonOf(err), t1)
 					} else {
 						out.rec.ok(t1.Sub(t0), t1, write)
+					}
+					if spec.between != nil && seq%probeEvery == probeEvery-1 {
+						spec.between()
 					}
 				}
 			})

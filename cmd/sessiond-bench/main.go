@@ -230,14 +230,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "sessiond-bench: %d runs planned; daemon %s; stores in %s\n", len(cells), e.daemonBin, e.workdir)
 
 	probe := func(when string) error {
-		lat, err := probeFsync(e.workdir, 200)
+		lat, err := probeFsync(e.workdir, 200, 0)
+		if err != nil {
+			return err
+		}
+		paused, err := probeFsync(e.workdir, 200, probePause)
 		if err != nil {
 			return err
 		}
 		s := summarize(lat)
-		rep.Fsync = append(rep.Fsync, FsyncProbe{When: when, Samples: s.Count, MedianMs: s.P50ms, P99ms: s.P99ms})
+		rep.Fsync = append(rep.Fsync, FsyncProbe{When: when, Samples: s.Count, MedianMs: s.P50ms, P99ms: s.P99ms,
+			PausedMs: ms(median(paused))})
 		rep.fsyncSamples = append(rep.fsyncSamples, lat...)
-		fmt.Fprintf(stderr, "fsync probe (%s): median %.3f ms, p99 %.3f ms\n", when, s.P50ms, s.P99ms)
+		rep.pausedSamples = append(rep.pausedSamples, paused...)
+		fmt.Fprintf(stderr, "fsync probe (%s): median %.3f ms, p99 %.3f ms; after a %v pause: median %.3f ms\n",
+			when, s.P50ms, s.P99ms, probePause, ms(median(paused)))
 		return nil
 	}
 	if err := probe("start"); err != nil {

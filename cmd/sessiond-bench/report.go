@@ -39,8 +39,10 @@ type Result struct {
 	Dropped    int64            `json:"dropped"` // baseline: writes that gave up waiting for the lock
 	Unsent     int64            `json:"unsent"`  // open loop: due in the window, never sent
 	ClientCPUs float64          `json:"client_cpu_s"`
-	Daemon     *DaemonStats     `json:"daemon,omitempty"`
-	Baseline   *BaselineStats   `json:"baseline,omitempty"`
+	// FsyncBetween: 1-client goal runs, the fsync probes taken between the requests.
+	FsyncBetween *FsyncBetween  `json:"fsync_between,omitempty"`
+	Daemon       *DaemonStats   `json:"daemon,omitempty"`
+	Baseline     *BaselineStats `json:"baseline,omitempty"`
 }
 
 // DaemonStats is what a sessiond run cost the daemon, from /proc and its log.
@@ -94,6 +96,9 @@ func (r *Result) line() string {
 	if r.Unsent > 0 {
 		s += fmt.Sprintf("  unsent %d", r.Unsent)
 	}
+	if f := r.FsyncBetween; f != nil {
+		s += fmt.Sprintf("  between: fsync %.3f, fdatasync %.3f ms", f.FsyncMs, f.DatasyncMs)
+	}
 	if d := r.Daemon; d != nil {
 		s += fmt.Sprintf("  daemon %.0f µs/op, %.0f MB", d.CPUPerOpUs, d.PeakRSSMB)
 		if r.SnapshotInterval != "" {
@@ -124,21 +129,23 @@ type Machine struct {
 
 // Report is results.json.
 type Report struct {
-	Command  string       `json:"command"`
-	Started  time.Time    `json:"started"`
-	TookS    float64      `json:"took_s"`
-	Machine  Machine      `json:"machine"`
-	Smoke    bool         `json:"smoke,omitempty"`
-	Fsync    []FsyncProbe `json:"fsync"`
-	FsyncMs  float64      `json:"fsync_median_ms"` // median of every probe sample
-	Goals    []Goal       `json:"goals"`
-	Capped   []string     `json:"capped"`
-	Results  []Result     `json:"results"`
-	LogLevel string       `json:"daemon_log_level"` // "" : debug for the snapshot runs, info for the others
+	Command string       `json:"command"`
+	Started time.Time    `json:"started"`
+	TookS   float64      `json:"took_s"`
+	Machine Machine      `json:"machine"`
+	Smoke   bool         `json:"smoke,omitempty"`
+	Fsync   []FsyncProbe `json:"fsync"`
+	FsyncMs float64      `json:"fsync_median_ms"` // median of every back-to-back probe sample
+	// FsyncPausedMs is the median of every probe sample taken after a pause.
+	FsyncPausedMs float64  `json:"fsync_after_pause_median_ms"`
+	Goals         []Goal   `json:"goals"`
+	Capped        []string `json:"capped"`
+	Results       []Result `json:"results"`
+	LogLevel      string   `json:"daemon_log_level"` // "" : debug for the snapshot runs, info for the others
 	// BaselineParse is the parse mode of the baseline runs outside the goal group.
 	BaselineParse string `json:"baseline_parse"`
 
-	fsyncSamples []time.Duration
+	fsyncSamples, pausedSamples []time.Duration
 }
 
 func newReport(cfg *config, started time.Time) *Report {
@@ -168,6 +175,7 @@ func newReport(cfg *config, started time.Time) *Report {
 func (r *Report) finish(took time.Duration) {
 	r.TookS = took.Seconds()
 	r.FsyncMs = ms(median(r.fsyncSamples))
+	r.FsyncPausedMs = ms(median(r.pausedSamples))
 	r.Goals = r.goals()
 }
 
@@ -196,6 +204,35 @@ func medianOf(rs []Result, f func(Result) float64) float64 {
 
 func throughputOf(x Result) float64 { return x.Throughput }
 func p99Of(x Result) float64        { return x.Latency.P99ms }
+
+// oneClientGoal judges each 1-client run's p50 against the fsync measured between its own
+// requests, and the goal by the median of those ratios; false without such runs. The
+// ratio to backToBack, the run's back-to-back probes, is printed beside.
+func oneClientGoal(one []Result, backToBack float64) (Goal, bool) {
+	var ratios, reps []string
+	var xs []float64
+	for _, x := range one {
+		if f := x.FsyncBetween; f != nil && f.FsyncMs > 0 {
+			xs = append(xs, x.Latency.P50ms/f.FsyncMs)
+			reps = append(reps, fmt.Sprintf("%.3f / %.3f", x.Latency.P50ms, f.FsyncMs))
+			ratios = append(ratios, fmt.Sprintf("%.2fx", x.Latency.P50ms/f.FsyncMs))
+		}
+	}
+	if len(xs) == 0 {
+		return Goal{}, false
+	}
+	ratio := median(xs)
+	p50 := medianOf(one, func(x Result) float64 { return x.Latency.P50ms })
+	fsync := medianOf(one, func(x Result) float64 { return x.FsyncBetween.FsyncMs })
+	datasync := medianOf(one, func(x Result) float64 { return x.FsyncBetween.DatasyncMs })
+	return Goal{fmt.Sprintf("durable patch, %s store, 1 client: p50", one[0].Shape), "<= 2x one fsync",
+		fmt.Sprintf("%.2fx: p50 %.3f ms, one fsync %.3f ms (append 700 B + fsync, after every %dth request of the run; medians of %d runs: %s ms = %s). "+
+			"The journal's own floor, a write over zeros + fdatasync, measured alike: %.3f ms. "+
+			"Against the back-to-back fsync at the start and end of the run (%.3f ms): %.2fx",
+			ratio, p50, fsync, probeEvery, len(xs), strings.Join(reps, ", "), strings.Join(ratios, ", "), datasync,
+			backToBack, p50/backToBack),
+		ratio <= 2}, true
+}
 
 // goals checks the issue's targets against the goal and snapshot runs (medians of the
 // repetitions). A target whose runs are missing from this scenario is left out.
@@ -253,12 +290,8 @@ func (r *Report) goals() []Goal {
 				errs == 0 && dropped > 0})
 		}
 	}
-	if len(one) > 0 && r.FsyncMs > 0 {
-		p50 := medianOf(one, func(x Result) float64 { return x.Latency.P50ms })
-		goals = append(goals, Goal{fmt.Sprintf("durable patch, %s store, 1 client: p50", one[0].Shape),
-			"<= 2x one fsync",
-			fmt.Sprintf("%.3f ms = %.2fx the fsync median %.3f ms (median of %d)", p50, p50/r.FsyncMs, r.FsyncMs, len(one)),
-			p50 <= 2*r.FsyncMs})
+	if g, ok := oneClientGoal(one, r.FsyncMs); ok {
+		goals = append(goals, g)
 	}
 	on := r.pick(Result{Group: groupSnapshots, System: systemSessiond})
 	var with, without, noIDs []Result
@@ -364,12 +397,14 @@ func (r *Report) markdown() string {
 	}
 	p("Run %s, took %.0f s, %d CPUs, %s, kernel %s, commit %s; daemon log level %s. ",
 		r.Started.Format(time.RFC3339), r.TookS, r.Machine.CPUs, r.Machine.GoVersion, r.Machine.Kernel, r.Machine.Commit, level)
-	p("Clients, daemon and baseline writers share the machine. Latencies are of successful operations, in ms; " +
-		"open-loop latencies count from the intended send time. One fsync (append 700 B + fsync, 200 samples) at the start and end of the run:")
+	p("Clients, daemon and baseline writers share the machine. Latencies are of successful operations, in ms; "+
+		"open-loop latencies count from the intended send time. One fsync (append 700 B + fsync) at the start and end of the run, "+
+		"200 back to back, then 200 each after a pause of %v:", probePause)
 	for _, f := range r.Fsync {
-		p(" %s median %.3f ms, p99 %.3f ms;", f.When, f.MedianMs, f.P99ms)
+		p(" %s median %.3f ms (p99 %.3f), after a pause %.3f ms;", f.When, f.MedianMs, f.P99ms, f.PausedMs)
 	}
-	p(" pooled median **%.3f ms**.\n\n", r.FsyncMs)
+	p(" pooled medians **%.3f ms** back to back, **%.3f ms** after a pause. "+
+		"The 1-client goal runs also take one sample after every %dth request (in the goal's line).\n\n", r.FsyncMs, r.FsyncPausedMs, probeEvery)
 
 	if len(r.Goals) > 0 {
 		p("#### Goals of issue 4\n\n| goal | target | measured | met |\n|---|---|---|---|\n")

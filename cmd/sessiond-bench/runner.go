@@ -162,8 +162,26 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 	if err != nil {
 		return res, err
 	}
+	spec := c.load
+	var probes []*syncProbe // append + fsync, overwrite + fdatasync
+	if c.group == groupGoal && spec.clients == 1 {
+		for i, name := range []string{"probe-fsync", "probe-datasync"} {
+			p, err := newSyncProbe(e.workdir, name, i == 1)
+			if err != nil {
+				d.stop(2 * time.Minute)
+				return res, err
+			}
+			defer p.close()
+			probes = append(probes, p)
+		}
+		spec.between = func() {
+			for _, p := range probes {
+				p.sample()
+			}
+		}
+	}
 	var cpu0, client0 time.Duration
-	out, err := driveSessiond(ctx, d.socket, t.ws, c.load, seed, func() {
+	out, err := driveSessiond(ctx, d.socket, t.ws, spec, seed, func() {
 		cpu0, _ = procCPU(d.pid()) // a failure shows as an implausible figure, not worth a run
 		client0 = selfCPU()
 	})
@@ -184,6 +202,15 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 	}
 	res.fill(out)
 	res.ClientCPUs = (client1 - client0).Seconds()
+	if len(probes) > 0 {
+		for _, p := range probes {
+			if err := p.close(); err != nil {
+				return res, err
+			}
+		}
+		res.FsyncBetween = &FsyncBetween{Samples: len(probes[0].lat),
+			FsyncMs: ms(median(probes[0].lat)), DatasyncMs: ms(median(probes[1].lat))}
+	}
 	ds := &DaemonStats{
 		LogLevel:  level,
 		CPUs:      (cpu1 - cpu0).Seconds(),

@@ -30,6 +30,7 @@ func TestSmoke(t *testing.T) {
 	require.True(t, rep.Smoke)
 	require.Len(t, rep.Fsync, 2)
 	require.Positive(t, rep.FsyncMs)
+	require.Positive(t, rep.FsyncPausedMs)
 
 	kinds := map[string]bool{}
 	for _, r := range rep.Results {
@@ -59,6 +60,11 @@ func TestSmoke(t *testing.T) {
 	}
 	snaps, noIDs := 0, 0
 	for _, r := range rep.Results {
+		if r.Group == groupGoal && r.System == systemSessiond && r.Clients == 1 {
+			require.NotNil(t, r.FsyncBetween, "the 1-client goal run probes between its requests")
+			require.Positive(t, r.FsyncBetween.Samples)
+			require.Positive(t, r.FsyncBetween.DatasyncMs)
+		}
 		if r.Group == groupSnapshots && r.SnapshotInterval != snapshotsOff {
 			snaps += r.Daemon.Snapshots
 		}
