@@ -1,6 +1,7 @@
 package actor
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,11 +57,11 @@ func (f *faultFS) TruncateSync(path string, size int64) error {
 	return f.OS.TruncateSync(path, size)
 }
 
-func (f *faultFS) OpenFile(path string) (persist.File, error) {
+func (f *faultFS) OpenAppend(path string) (persist.File, error) {
 	if err := f.check("open", path); err != nil {
 		return nil, err
 	}
-	file, err := f.OS.OpenFile(path)
+	file, err := f.OS.OpenAppend(path)
 	if err != nil {
 		return nil, err
 	}
@@ -84,23 +85,23 @@ type faultFile struct {
 	f    persist.File
 }
 
-func (w *faultFile) WriteAt(p []byte, off int64) (int, error) {
+func (w *faultFile) Write(p []byte) (int, error) {
 	if err := w.fs.check("write", w.path); err != nil {
 		// A failing disk may take part of the write: that is the torn tail case.
-		n, _ := w.f.WriteAt(p[:len(p)/2], off)
+		n, _ := w.f.Write(p[:len(p)/2])
 		return n, err
 	}
-	return w.f.WriteAt(p, off)
+	return w.f.Write(p)
 }
 
-func (w *faultFile) Datasync() error {
+func (w *faultFile) Sync() error {
 	if err := w.fs.check("sync", w.path); err != nil {
 		return err
 	}
 	if strings.HasSuffix(w.path, ".journal") {
 		w.fs.syncs.Add(1)
 	}
-	return w.f.Datasync()
+	return w.f.Sync()
 }
 
 func (w *faultFile) ReadAt(p []byte, off int64) (int, error) {
@@ -109,8 +110,6 @@ func (w *faultFile) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return w.f.ReadAt(p, off)
 }
-
-func (w *faultFile) Available() (int64, error) { return w.f.Available() }
 
 func (w *faultFile) Close() error { return w.f.Close() }
 
@@ -149,6 +148,6 @@ func readFile(path string) string {
 	return string(b)
 }
 
-var _ persist.File = (*faultFile)(nil)
+var _ io.Writer = (*faultFile)(nil)
 
 func storePath(dir string) string { return filepath.Join(dir, "sessions.json") }

@@ -27,8 +27,8 @@ type FS interface {
 	// NewPending starts a file that replaces path atomically (temp file in the same
 	// directory, mode 0600).
 	NewPending(path string) (Pending, error)
-	// OpenFile opens an existing file for writing and reading at offsets.
-	OpenFile(path string) (File, error)
+	// OpenAppend opens an existing file for appending, and for reading at an offset.
+	OpenAppend(path string) (File, error)
 	// SyncDir fsyncs a directory so that a rename in it survives power loss.
 	SyncDir(dir string) error
 	// TruncateSync cuts the file at path to size through a new descriptor and fsyncs
@@ -40,16 +40,11 @@ type FS interface {
 	Shrink(name string, step int64, pause time.Duration, stop <-chan struct{}) error
 }
 
-// File is an open file that is written and read at offsets.
+// File is an open file that is written and synced, and read at an offset.
 type File interface {
-	io.WriterAt
+	io.Writer
 	io.ReaderAt
-	// Datasync is fdatasync: it makes the file's data durable, and its size when that
-	// changed, but not its modification time, which would be one more write to the
-	// disk for every call.
-	Datasync() error
-	// Available is how many bytes the file's file system has free for it.
-	Available() (int64, error)
+	Sync() error
 	Close() error
 }
 
@@ -72,52 +67,7 @@ func (OS) Rename(oldpath, newpath string) error       { return os.Rename(oldpath
 func (OS) Link(oldpath, newpath string) error         { return os.Link(oldpath, newpath) }
 func (OS) Remove(name string) error                   { return os.Remove(name) }
 func (OS) ReadDir(name string) ([]os.DirEntry, error) { return os.ReadDir(name) }
-
-func (OS) OpenFile(path string) (File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
-	}
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return osFile{f, rc}, nil
-}
-
-type osFile struct {
-	*os.File
-	rc syscall.RawConn
-}
-
-func (f osFile) Datasync() error {
-	var err error
-	if cerr := f.rc.Control(func(fd uintptr) {
-		err = unix.Fdatasync(int(fd))
-		for err == unix.EINTR {
-			err = unix.Fdatasync(int(fd))
-		}
-	}); cerr != nil {
-		return cerr
-	}
-	if err != nil {
-		return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: err}
-	}
-	return nil
-}
-
-func (f osFile) Available() (int64, error) {
-	var st unix.Statfs_t
-	var err error
-	if cerr := f.rc.Control(func(fd uintptr) { err = unix.Fstatfs(int(fd), &st) }); cerr != nil {
-		return 0, cerr
-	}
-	if err != nil {
-		return 0, &os.PathError{Op: "fstatfs", Path: f.Name(), Err: err}
-	}
-	return int64(st.Bavail) * st.Bsize, nil
-}
+func (OS) OpenAppend(path string) (File, error)       { return os.OpenFile(path, os.O_RDWR|os.O_APPEND, 0) }
 
 // NewPending uses renameio with the temp file forced into the target's directory: a
 // TMPDIR on another file system would make the rename fail, and a temp file elsewhere

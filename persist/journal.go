@@ -15,7 +15,6 @@ import (
 // The journal is a sequence of frames: a little-endian uint32 payload length, the
 // CRC-32C of the payload, then the payload. The first frame of a journal is always a
 // checkpoint; writes and snapshot intents follow in the order they were made durable.
-// Zeros may follow the last frame: room written ahead of the appends (spareRoom).
 const (
 	frameHeader = 8
 	// maxFrame bounds a frame's length so that a garbage length field cannot make the
@@ -29,23 +28,6 @@ const (
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
-
-// spareRoom is how far ahead of its frames the journal file is written with zeros. An
-// append then overwrites bytes the file already has, and the fdatasync that makes it
-// durable writes those pages and nothing else. An append at the end of the file would
-// change its size too, and that is one more write (the inode) that every durable
-// request waits for: about a third of the fsync on the disk sessiond was measured on.
-// The zeros go in with the append after which less than half the room is left, so
-// about one fsync in 750 (for patches of 700 bytes) writes half a MiB more.
-const spareRoom = 1 << 20
-
-// spareFloor is the free space a file system must keep after the zeros for them to be
-// written: the room is only a speed-up, and never takes the last of a disk's space
-// (from the next rewrite of sessions.json, say). On a fuller disk appends go at the end
-// of the file, as without it.
-const spareFloor = 64 << 20
-
-var zeros [spareRoom]byte
 
 // Journal errors.
 var (
@@ -449,13 +431,11 @@ func ReadJournal(fsys FS, path string) (*Replay, error) {
 }
 
 // DecodeJournal decodes a journal's bytes. A damaged or incomplete last frame is reported
-// in TornAt; a damaged frame with intact frames after it is ErrCorrupt. Zeros after the
-// last frame are the journal's spare room, not damage.
+// in TornAt; a damaged frame with intact frames after it is ErrCorrupt.
 func DecodeJournal(data []byte) (*Replay, error) {
 	r := &Replay{TornAt: -1}
-	spare := zerosFrom(data)
 	off := 0
-	for off < spare {
+	for off < len(data) {
 		payload, next, why := nextFrame(data, off)
 		if why != "" {
 			if off == 0 {
@@ -463,7 +443,7 @@ func DecodeJournal(data []byte) (*Replay, error) {
 				// first frame is never a crash leftover.
 				return nil, fmt.Errorf("%w: first frame: %s", ErrCorrupt, why)
 			}
-			if laterFrameIntact(data, off+1, spare) {
+			if laterFrameIntact(data, off+1) {
 				return nil, fmt.Errorf("%w: frame at offset %d: %s, and intact records follow it", ErrCorrupt, off, why)
 			}
 			r.TornAt, r.TornReason = int64(off), why
@@ -479,20 +459,6 @@ func DecodeJournal(data []byte) (*Replay, error) {
 		r.Size = r.TornAt
 	}
 	return r, nil
-}
-
-// zerosFrom returns where the zeros that end data begin (len(data) if it does not end
-// in a zero). The last frame may end in zeros itself: the spare room then begins at the
-// end of the frame that runs past this offset.
-func zerosFrom(data []byte) int {
-	end := len(data)
-	for end >= 8 && binary.LittleEndian.Uint64(data[end-8:]) == 0 {
-		end -= 8
-	}
-	for end > 0 && data[end-1] == 0 {
-		end--
-	}
-	return end
 }
 
 // nextFrame returns the payload of the frame at off, or why it is not a whole frame.
@@ -517,22 +483,21 @@ func nextFrame(data []byte, off int) (payload []byte, next int, why string) {
 }
 
 // laterFrameIntact reports whether intact frames follow a damaged one, running on to the
-// end of the frames (spare: only zeros follow). A torn append leaves garbage only at the
-// very end; intact frames after the damage mean a record in the middle went bad, and
-// dropping everything after it would drop acknowledged writes. Requiring the chain to
-// reach the end keeps bytes that merely look like a frame (a client's key, say) inside a
-// torn record from counting.
-func laterFrameIntact(data []byte, from, spare int) bool {
-	for off := from; off+frameHeader < spare; off++ {
-		if chainsToEnd(data, off, spare) {
+// end of the file. A torn append leaves garbage only at the very end; intact frames after
+// the damage mean a record in the middle went bad, and dropping everything after it would
+// drop acknowledged writes. Requiring the chain to reach the end keeps bytes that merely
+// look like a frame (a client's key, say) inside a torn record from counting.
+func laterFrameIntact(data []byte, from int) bool {
+	for off := from; off+frameHeader < len(data); off++ {
+		if chainsToEnd(data, off) {
 			return true
 		}
 	}
 	return false
 }
 
-func chainsToEnd(data []byte, off, spare int) bool {
-	for off < spare {
+func chainsToEnd(data []byte, off int) bool {
+	for off < len(data) {
 		payload, next, why := nextFrame(data, off)
 		if why != "" || payload[0] < recCheckpoint || payload[0] > recDone {
 			return false
@@ -727,9 +692,7 @@ type Journal struct {
 	fsys    FS
 	f       File
 	path    string
-	size    int64        // end of the frames
-	end     int64        // end of the file: the frames, then zeros (spareRoom)
-	noSpare bool         // writing the zeros failed once: no more tries on this file
+	size    int64
 	synced  atomic.Int64 // what the last successful fsync covered: never cut, never lost
 	broken  error
 	retired string // the journal this one replaced, under a temp name
@@ -761,11 +724,11 @@ func OpenJournal(fsys FS, path string, size int64) (*Journal, error) {
 			return nil, err
 		}
 	}
-	f, err := fsys.OpenFile(path)
+	f, err := fsys.OpenAppend(path)
 	if err != nil {
 		return nil, fmt.Errorf("open journal %s: %w", path, err)
 	}
-	return &Journal{fsys: fsys, f: f, path: path, size: size, end: size}, nil
+	return &Journal{fsys: fsys, f: f, path: path, size: size}, nil
 }
 
 // NextJournal is a journal written beside the current one but not yet in its place: the
@@ -853,13 +816,12 @@ func (n *NextJournal) Commit(delta io.Reader) (*Journal, error) {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: %s: %w", ErrReplaced, n.path, err)
 	}
-	f, err := n.fsys.OpenFile(n.path)
+	f, err := n.fsys.OpenAppend(n.path)
 	if err != nil {
 		dropRetired(n.fsys, retired)
 		return nil, fmt.Errorf("%w: open journal %s: %w", ErrReplaced, n.path, err)
 	}
-	size := n.w.n + copied
-	j := &Journal{fsys: n.fsys, f: f, path: n.path, size: size, end: size, retired: retired}
+	j := &Journal{fsys: n.fsys, f: f, path: n.path, size: n.w.n + copied, retired: retired}
 	j.synced.Store(j.size) // the rename's fsync covered it
 	return j, nil
 }
@@ -867,36 +829,18 @@ func (n *NextJournal) Commit(delta io.Reader) (*Journal, error) {
 // Abort removes the temp file.
 func (n *NextJournal) Abort() { n.p.Cleanup() }
 
-// Append writes b (whole frames) after the journal's frames without syncing, and tops up
-// the spare room after them when less than half of it is left.
+// Append writes b (whole frames) at the end of the journal without syncing.
 func (j *Journal) Append(b []byte) error {
 	if j.broken != nil {
 		return j.broken
 	}
-	n, err := j.f.WriteAt(b, j.size)
+	n, err := j.f.Write(b)
 	j.size += int64(n)
-	j.end = max(j.end, j.size)
 	if err != nil {
 		j.broken = fmt.Errorf("%w: append to %s: %w", ErrBroken, j.path, err)
 		return fmt.Errorf("append to journal %s: %w", j.path, err)
 	}
-	if j.end-j.size < spareRoom/2 && !j.noSpare {
-		j.topUp()
-	}
 	return nil
-}
-
-// topUp writes zeros after the frames, up to spareRoom of them, if the file system can
-// spare the space. A failure is not the journal's: the zeros hold nothing, and what was
-// written of them becomes durable with the frames at the next fsync.
-func (j *Journal) topUp() {
-	want := spareRoom - (j.end - j.size)
-	if free, err := j.f.Available(); err != nil || free < want+spareFloor {
-		return
-	}
-	n, err := j.f.WriteAt(zeros[:want], j.end)
-	j.end += int64(n)
-	j.noSpare = err != nil
 }
 
 // Sync makes everything appended so far durable.
@@ -904,7 +848,7 @@ func (j *Journal) Sync() error {
 	if j.broken != nil {
 		return j.broken
 	}
-	if err := j.f.Datasync(); err != nil {
+	if err := j.f.Sync(); err != nil {
 		j.broken = fmt.Errorf("%w: fsync %s: %w", ErrBroken, j.path, err)
 		return fmt.Errorf("fsync journal %s: %w", j.path, err)
 	}
@@ -927,7 +871,7 @@ func (j *Journal) Cut(size int64) error {
 	if err := j.fsys.TruncateSync(j.path, size); err != nil {
 		return err
 	}
-	j.size, j.end = size, size
+	j.size = size
 	return nil
 }
 
