@@ -5,8 +5,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // FsyncProbe is the cost of one durable append on the disk the stores live on: the
@@ -24,73 +22,46 @@ type FsyncProbe struct {
 // probePause is the idle time before each paused sample: about a request's round trip.
 const probePause = 300 * time.Microsecond
 
-// FsyncBetween is what the probes measured between the requests of a 1-client goal run
-// (one sample of each after every probeEvery-th request): the disk at the moments the
-// requests ran, which drifts by 2x within minutes on a shared machine.
+// FsyncBetween is what the probe measured between the requests of a 1-client goal run
+// (one sample after every probeEvery-th request): the disk at the moments the requests
+// ran, which drifts by 2x within minutes on a shared machine.
 type FsyncBetween struct {
-	Samples int `json:"samples"`
-	// FsyncMs is the median append of 700 B + fsync: "one fsync" of the goal.
+	Samples int     `json:"samples"`
 	FsyncMs float64 `json:"fsync_median_ms"`
-	// DatasyncMs is the median write of 700 B over zeros + fdatasync: what sessiond's
-	// journal does (it writes ahead into zeros), so its floor.
-	DatasyncMs float64 `json:"datasync_median_ms"`
 }
 
 // probeEvery is how many requests of a 1-client goal run go between two probe samples.
 const probeEvery = 10
 
-// probeRecord is the size of a patch's journal record, roughly.
-const probeRecord = 700
-
-// syncProbe times durable writes of probeRecord bytes to a scratch file, one per sample:
-// appends with fsync, or with overwrite, writes over zeros the file already has with
-// fdatasync (the size stays, so only the data is written).
+// syncProbe times appends of 700 bytes (a patch's journal record, roughly) with fsync to
+// a scratch file, one per sample.
 type syncProbe struct {
-	f         *os.File
-	overwrite bool
-	off, wrap int64
-	rec       []byte
-	lat       []time.Duration
-	err       error // the first failure; sample does nothing after it
+	f   *os.File
+	rec []byte
+	lat []time.Duration
+	err error // the first failure; sample does nothing after it
 }
 
-func newSyncProbe(dir, name string, overwrite bool) (*syncProbe, error) {
-	path := filepath.Join(dir, name)
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+func newSyncProbe(dir, name string) (*syncProbe, error) {
+	f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("fsync probe: %w", err)
 	}
-	p := &syncProbe{f: f, overwrite: overwrite, rec: make([]byte, probeRecord)}
+	p := &syncProbe{f: f, rec: make([]byte, 700)}
 	for i := range p.rec {
 		p.rec[i] = 'a' + byte(i%26)
-	}
-	if overwrite {
-		p.wrap = 4 << 20
-		if _, err := f.Write(make([]byte, p.wrap)); err != nil {
-			p.close()
-			return nil, fmt.Errorf("fsync probe: %w", err)
-		}
-		if err := f.Sync(); err != nil {
-			p.close()
-			return nil, fmt.Errorf("fsync probe: %w", err)
-		}
 	}
 	return p, nil
 }
 
-// sample times one durable write.
+// sample times one append and fsync.
 func (p *syncProbe) sample() {
 	if p.err != nil {
 		return
 	}
-	if p.overwrite && p.off+int64(len(p.rec)) > p.wrap {
-		p.off = 0
-	}
 	start := time.Now()
-	_, err := p.f.WriteAt(p.rec, p.off)
-	if err == nil && p.overwrite {
-		err = unix.Fdatasync(int(p.f.Fd()))
-	} else if err == nil {
+	_, err := p.f.Write(p.rec)
+	if err == nil {
 		err = p.f.Sync()
 	}
 	if err != nil {
@@ -98,7 +69,6 @@ func (p *syncProbe) sample() {
 		return
 	}
 	p.lat = append(p.lat, time.Since(start))
-	p.off += int64(len(p.rec))
 }
 
 // close removes the scratch file and returns the first failure of a sample.
@@ -108,10 +78,10 @@ func (p *syncProbe) close() error {
 	return p.err
 }
 
-// probeFsync appends probeRecord bytes and fsyncs, n times, in a scratch file in dir,
-// each after pause idle, and returns the latencies. Blocks for n fsyncs and pauses.
+// probeFsync takes n samples in a scratch file in dir, each after pause idle, and
+// returns the latencies. Blocks for n fsyncs and pauses.
 func probeFsync(dir string, n int, pause time.Duration) ([]time.Duration, error) {
-	p, err := newSyncProbe(dir, "fsync-probe", false)
+	p, err := newSyncProbe(dir, "fsync-probe")
 	if err != nil {
 		return nil, err
 	}

@@ -163,22 +163,14 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 		return res, err
 	}
 	spec := c.load
-	var probes []*syncProbe // append + fsync, overwrite + fdatasync
+	var probe *syncProbe // the 1-client goal's fsync, between its requests
 	if c.group == groupGoal && spec.clients == 1 {
-		for i, name := range []string{"probe-fsync", "probe-datasync"} {
-			p, err := newSyncProbe(e.workdir, name, i == 1)
-			if err != nil {
-				d.stop(2 * time.Minute)
-				return res, err
-			}
-			defer p.close()
-			probes = append(probes, p)
+		if probe, err = newSyncProbe(e.workdir, "fsync-between"); err != nil {
+			d.stop(2 * time.Minute)
+			return res, err
 		}
-		spec.between = func() {
-			for _, p := range probes {
-				p.sample()
-			}
-		}
+		defer probe.close()
+		spec.between = probe.sample
 	}
 	var cpu0, client0 time.Duration
 	out, err := driveSessiond(ctx, d.socket, t.ws, spec, seed, func() {
@@ -202,14 +194,11 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 	}
 	res.fill(out)
 	res.ClientCPUs = (client1 - client0).Seconds()
-	if len(probes) > 0 {
-		for _, p := range probes {
-			if err := p.close(); err != nil {
-				return res, err
-			}
+	if probe != nil {
+		if err := probe.close(); err != nil {
+			return res, err
 		}
-		res.FsyncBetween = &FsyncBetween{Samples: len(probes[0].lat),
-			FsyncMs: ms(median(probes[0].lat)), DatasyncMs: ms(median(probes[1].lat))}
+		res.FsyncBetween = &FsyncBetween{Samples: len(probe.lat), FsyncMs: ms(median(probe.lat))}
 	}
 	ds := &DaemonStats{
 		LogLevel:  level,

@@ -63,7 +63,7 @@ func TestSmoke(t *testing.T) {
 		if r.Group == groupGoal && r.System == systemSessiond && r.Clients == 1 {
 			require.NotNil(t, r.FsyncBetween, "the 1-client goal run probes between its requests")
 			require.Positive(t, r.FsyncBetween.Samples)
-			require.Positive(t, r.FsyncBetween.DatasyncMs)
+			require.Positive(t, r.FsyncBetween.FsyncMs)
 		}
 		if r.Group == groupSnapshots && r.SnapshotInterval != snapshotsOff {
 			snaps += r.Daemon.Snapshots
