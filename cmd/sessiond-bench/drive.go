@@ -45,7 +45,8 @@ type loadSpec struct {
 	// the daemon keeps no outcome for them.
 	noRequestIDs bool
 	// between, if set, is called by each closed-loop client after every probeEvery-th
-	// measured operation, outside its timing (the fsync probes of the 1-client goal).
+	// measured operation, outside its timing: the fsync probe of a 1-client goal run,
+	// which is not goroutine-safe (one client only). Open-loop runs ignore it.
 	between func()
 }
 

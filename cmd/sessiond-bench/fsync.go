@@ -14,17 +14,19 @@ type FsyncProbe struct {
 	Samples  int     `json:"samples"`
 	MedianMs float64 `json:"median_ms"` // back to back
 	P99ms    float64 `json:"p99_ms"`
-	// PausedMs is the median of as many samples each after probePause idle: a disk
-	// that was not kept busy answers more slowly, and a client's requests have gaps.
+	// PausedMs is the median of as many samples each after the probe slept for
+	// probePause; PauseMs is the median time it was idle (the sleep overshoots).
 	PausedMs float64 `json:"after_pause_median_ms"`
+	PauseMs  float64 `json:"pause_median_ms"`
 }
 
-// probePause is the idle time before each paused sample: about a request's round trip.
-const probePause = 300 * time.Microsecond
+// probePause is the sleep before each paused sample. A shorter sleep would not be
+// shorter: Go's timers round a sleep under a millisecond up to about one here.
+const probePause = time.Millisecond
 
 // FsyncBetween is what the probe measured between the requests of a 1-client goal run
-// (one sample after every probeEvery-th request): the disk at the moments the requests
-// ran, which drifts by 2x within minutes on a shared machine.
+// (one sample after every probeEvery-th measured request): the disk at the moments the
+// requests ran, which drifts by 2x within minutes on a shared machine.
 type FsyncBetween struct {
 	Samples int     `json:"samples"`
 	FsyncMs float64 `json:"fsync_median_ms"`
@@ -71,23 +73,32 @@ func (p *syncProbe) sample() {
 	p.lat = append(p.lat, time.Since(start))
 }
 
-// close removes the scratch file and returns the first failure of a sample.
+// close removes the scratch file and returns the first failure of a sample. Idempotent.
 func (p *syncProbe) close() error {
-	os.Remove(p.f.Name())
-	p.f.Close()
+	if p.f != nil {
+		os.Remove(p.f.Name())
+		p.f.Close()
+		p.f = nil
+	}
 	return p.err
 }
 
-// probeFsync takes n samples in a scratch file in dir, each after pause idle, and
-// returns the latencies. Blocks for n fsyncs and pauses.
-func probeFsync(dir string, n int, pause time.Duration) ([]time.Duration, error) {
+// probeFsync takes n samples in a scratch file in dir, each after sleeping for pause
+// (none if 0), and returns their latencies and the median time each sleep took. Blocks
+// for n fsyncs and sleeps.
+func probeFsync(dir string, n int, pause time.Duration) (lat []time.Duration, slept time.Duration, err error) {
 	p, err := newSyncProbe(dir, "fsync-probe")
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
+	var gaps []time.Duration
 	for range n {
-		time.Sleep(pause)
+		if pause > 0 {
+			start := time.Now()
+			time.Sleep(pause)
+			gaps = append(gaps, time.Since(start))
+		}
 		p.sample()
 	}
-	return p.lat, p.close()
+	return p.lat, median(gaps), p.close()
 }

@@ -230,21 +230,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "sessiond-bench: %d runs planned; daemon %s; stores in %s\n", len(cells), e.daemonBin, e.workdir)
 
 	probe := func(when string) error {
-		lat, err := probeFsync(e.workdir, 200, 0)
+		lat, _, err := probeFsync(e.workdir, 200, 0)
 		if err != nil {
 			return err
 		}
-		paused, err := probeFsync(e.workdir, 200, probePause)
+		paused, slept, err := probeFsync(e.workdir, 200, probePause)
 		if err != nil {
 			return err
 		}
 		s := summarize(lat)
 		rep.Fsync = append(rep.Fsync, FsyncProbe{When: when, Samples: s.Count, MedianMs: s.P50ms, P99ms: s.P99ms,
-			PausedMs: ms(median(paused))})
+			PausedMs: ms(median(paused)), PauseMs: ms(slept)})
 		rep.fsyncSamples = append(rep.fsyncSamples, lat...)
 		rep.pausedSamples = append(rep.pausedSamples, paused...)
-		fmt.Fprintf(stderr, "fsync probe (%s): median %.3f ms, p99 %.3f ms; after a %v pause: median %.3f ms\n",
-			when, s.P50ms, s.P99ms, probePause, ms(median(paused)))
+		fmt.Fprintf(stderr, "fsync probe (%s): median %.3f ms, p99 %.3f ms; after %.2f ms idle: median %.3f ms\n",
+			when, s.P50ms, s.P99ms, ms(slept), ms(median(paused)))
 		return nil
 	}
 	if err := probe("start"); err != nil {

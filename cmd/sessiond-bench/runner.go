@@ -198,6 +198,9 @@ func (e *env) runSessiond(ctx context.Context, c cell, t *storeTemplate, store s
 		if err := probe.close(); err != nil {
 			return res, err
 		}
+		if len(probe.lat) == 0 {
+			return res, fmt.Errorf("no fsync between the requests: %d measured", len(out.rec.lat))
+		}
 		res.FsyncBetween = &FsyncBetween{Samples: len(probe.lat), FsyncMs: ms(median(probe.lat))}
 	}
 	ds := &DaemonStats{

@@ -62,8 +62,11 @@ func TestSmoke(t *testing.T) {
 	for _, r := range rep.Results {
 		if r.Group == groupGoal && r.System == systemSessiond && r.Clients == 1 {
 			require.NotNil(t, r.FsyncBetween, "the 1-client goal run probes between its requests")
-			require.Positive(t, r.FsyncBetween.Samples)
+			require.InDelta(t, float64(r.Latency.Count)/probeEvery, float64(r.FsyncBetween.Samples), 1,
+				"one fsync after every %dth measured request", probeEvery)
 			require.Positive(t, r.FsyncBetween.FsyncMs)
+		} else {
+			require.Nil(t, r.FsyncBetween, "only the 1-client goal runs probe between requests")
 		}
 		if r.Group == groupSnapshots && r.SnapshotInterval != snapshotsOff {
 			snaps += r.Daemon.Snapshots
