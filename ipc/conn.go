@@ -143,6 +143,10 @@ func (c *conn) serve() {
 	c.log.Debug("connection closed", "reason", cmp.Or(writeErr, readErr))
 }
 
+// testHookLineRead, when set by a test, is called with each line the reader has read,
+// before it takes the line's slot.
+var testHookLineRead func(line []byte)
+
 // readLoop reads lines and queues what each is owed, until EOF, an error, idleness or close.
 func (c *conn) readLoop() error {
 	defer close(c.fifo)
@@ -153,6 +157,9 @@ func (c *conn) readLoop() error {
 		}
 		if !tooLong && len(bytes.TrimLeft(line, " \t\r")) == 0 {
 			continue
+		}
+		if testHookLineRead != nil {
+			testHookLineRead(line)
 		}
 		select {
 		case c.slots <- struct{}{}:
@@ -447,10 +454,13 @@ type writer struct {
 	grace     <-chan time.Time // fires GoawayGrace after goaway
 	timer     *time.Timer
 	graceOver bool
+	readShut  bool // graceOver with nothing owed: the socket's read side is shut
 }
 
-// loop answers items in order until the reader is done and every answer is written, the
-// grace period after goaway is over with nothing owed, or an error.
+// loop answers items in order until the reader is done and every answer is written, or
+// an error. Once the grace period after goaway is over with nothing owed, it shuts the
+// socket's read side: the reader still passes on what it had read (a line it holds, the
+// lines in its buffer), which are answered shutting_down, and then ends.
 func (w *writer) loop() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -464,7 +474,7 @@ func (w *writer) loop() error {
 		default:
 		}
 		if w.graceOver && len(w.c.slots) == 0 {
-			return w.flushed(errGraceOver)
+			w.shutRead()
 		}
 		var it item
 		var ok bool
@@ -481,6 +491,9 @@ func (w *writer) loop() error {
 			}
 		}
 		if !ok {
+			if w.readShut {
+				return w.flushed(errGraceOver)
+			}
 			return w.bw.Flush()
 		}
 		if err := w.write(it); err != nil {
@@ -509,7 +522,7 @@ func (w *writer) next() (item, bool, error) {
 			w.mu.Lock()
 			w.grace, w.graceOver = nil, true
 			if len(w.c.slots) == 0 {
-				return item{}, false, errGraceOver
+				w.shutRead()
 			}
 		case <-w.c.done:
 			w.mu.Lock()
@@ -541,6 +554,16 @@ func (w *writer) await(ch <-chan actor.Reply) (actor.Reply, error) {
 		case <-w.c.done:
 			return actor.Reply{}, errConnClosed
 		}
+	}
+}
+
+// shutRead ends the reading once the grace period is over and nothing is owed. Closing
+// the connection instead could drop a line the reader has just read, before it took the
+// line's slot, unanswered.
+func (w *writer) shutRead() {
+	if !w.readShut {
+		w.readShut = true
+		_ = w.c.nc.CloseRead()
 	}
 }
 

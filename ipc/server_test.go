@@ -879,6 +879,36 @@ func TestGoaway(t *testing.T) {
 	require.NoError(t, ts.srv.Shutdown(context.Background(), "shutdown"), "idempotent")
 }
 
+// A line the reader holds when the grace period ends, with nothing owed before it, is
+// still answered (PROTOCOL.md: a request that was read is always answered).
+func TestLineReadAtGraceEndAnswered(t *testing.T) {
+	held, release := make(chan struct{}), make(chan struct{})
+	testHookLineRead = func(line []byte) {
+		if strings.Contains(string(line), "late") {
+			close(held)
+			<-release
+		}
+	}
+	t.Cleanup(func() { testHookLineRead = nil }) // after the server's own cleanup
+	backend, _ := holdBackend()
+	ts := startServer(t, ServerConfig{Backend: backend, GoawayGrace: time.Millisecond /* raised to 1s */})
+	c := dial(t, ts.path)
+	c.send(req("1", "status", ""))
+	require.Equal(t, "1", string(c.recv().ID))
+	shut := shutdownAsync(ts.srv, testWait, "shutdown")
+	require.Equal(t, "goaway", c.recv().Method)
+
+	c.send(req(`"late"`, "get", `{"key":"k"}`))
+	<-held
+	time.Sleep(1200 * time.Millisecond) // the grace period ends while the reader holds the line
+	close(release)
+	m := c.recv()
+	require.Equal(t, `"late"`, string(m.ID))
+	requireError(t, m, -32004, actor.ReasonShuttingDown)
+	c.closed()
+	require.NoError(t, waitErr(t, shut))
+}
+
 func TestShutdownAcrossPipeline(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	c := dial(t, ts.path)
