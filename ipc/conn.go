@@ -143,9 +143,13 @@ func (c *conn) serve() {
 	c.log.Debug("connection closed", "reason", cmp.Or(writeErr, readErr))
 }
 
-// testHookLineRead, when set by a test, is called with each line the reader has read,
-// before it takes the line's slot.
-var testHookLineRead func(line []byte)
+// Test hooks, nil outside tests: testHookLineRead is called with each line the reader
+// has read, before it takes the line's slot; testHookWriterDrain when an idle writer
+// wakes for the drain, before it writes the goaway.
+var (
+	testHookLineRead    func(line []byte)
+	testHookWriterDrain func()
+)
 
 // readLoop reads lines and queues what each is owed, until EOF, an error, idleness or close.
 func (c *conn) readLoop() error {
@@ -193,7 +197,13 @@ func (c *conn) answerNow(it item) bool {
 	case w.graceOver:
 		return false // the writer ends the connection once it has written this
 	}
-	// No goaway here: the idle writer is waiting for the drain too, and writes it.
+	select {
+	case <-w.drain:
+		// Draining began and the goaway is not written yet (drain is nil once it is):
+		// the writer writes it first, then this, as PROTOCOL.md orders them.
+		return false
+	default:
+	}
 	msg, err := w.encode(it)
 	if err == nil {
 		var n int
@@ -514,6 +524,9 @@ func (w *writer) next() (item, bool, error) {
 			w.mu.Lock()
 			return it, ok, nil
 		case <-w.drain:
+			if testHookWriterDrain != nil {
+				testHookWriterDrain()
+			}
 			w.mu.Lock()
 			if err := w.goaway(); err != nil {
 				return item{}, false, err

@@ -909,6 +909,35 @@ func TestLineReadAtGraceEndAnswered(t *testing.T) {
 	require.NoError(t, waitErr(t, shut))
 }
 
+// The goaway comes before any shutting_down answer, also when the reader, which answers
+// a lone line itself, reads one in the moment between the drain and the goaway.
+func TestGoawayBeforeShuttingDown(t *testing.T) {
+	woke, release := make(chan struct{}), make(chan struct{})
+	testHookWriterDrain = func() {
+		close(woke)
+		<-release
+	}
+	t.Cleanup(func() { testHookWriterDrain = nil }) // after the server's own cleanup
+	backend, _ := holdBackend()
+	ts := startServer(t, ServerConfig{Backend: backend})
+	c := dial(t, ts.path)
+	c.send(req("1", "status", ""))
+	require.Equal(t, "1", string(c.recv().ID))
+
+	shut := shutdownAsync(ts.srv, testWait, "restart")
+	<-woke // the writer saw the drain but has not written the goaway
+	c.send(req("2", "status", ""))
+	time.Sleep(100 * time.Millisecond) // for the reader to take the line
+	close(release)
+	require.Equal(t, "goaway", c.recv().Method)
+	m := c.recv()
+	require.Equal(t, "2", string(m.ID))
+	requireError(t, m, -32004, actor.ReasonShuttingDown)
+	require.NoError(t, c.nc.CloseWrite())
+	c.closed()
+	require.NoError(t, waitErr(t, shut))
+}
+
 func TestShutdownAcrossPipeline(t *testing.T) {
 	ts := startServer(t, ServerConfig{})
 	c := dial(t, ts.path)
