@@ -51,9 +51,11 @@ func TestClosedLoopMeasuresWhatStartsInTheWindow(t *testing.T) {
 	require.NoError(t, err)
 	backend := &stallBackend{stall: 400 * time.Millisecond}
 	srv := ipc.NewServer(ipc.ServerConfig{Backend: backend, Socket: socket})
-	go srv.Serve(ln) //nolint:errcheck // Shutdown below ends it
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
 	t.Cleanup(func() {
 		require.NoError(t, srv.Shutdown(context.Background(), "shutdown"))
+		require.NoError(t, <-served)
 		ln.Close()
 	})
 	ws := &workSet{keys: []string{"k"}}
