@@ -178,8 +178,11 @@ func (t *Throttle) Abort() {
 
 func (t *Throttle) aborted() bool { return t != nil && t.abort.Load() }
 
-// pace is the stretch pacedWriter hands to the disk at a time.
-const pace = 1 << 20
+// pace is the stretch pacedWriter hands to the disk at a time. A journal fsync that comes
+// while a stretch is on its way waits for it: with stretches of 1 MiB, an fsync during a
+// snapshot at 100 MB/s had a p99 of 1.7-3.5 ms here, with 128 KiB 0.6-0.8 ms, as between
+// snapshots.
+const pace = 128 << 10
 
 type pacedWriter struct {
 	w          io.Writer
@@ -191,22 +194,31 @@ type pacedWriter struct {
 	metered    int64 // bytes the throttle has let through
 }
 
+// Write cuts b at the stretches' ends: its callers write through a buffer of a megabyte.
 func (p *pacedWriter) Write(b []byte) (int, error) {
-	n, err := p.w.Write(b)
-	p.off += int64(n)
-	if err != nil || p.off-p.end < pace {
-		return n, err
-	}
-	if !p.unpaced {
-		if err := p.handOver(); err != nil {
+	n := 0
+	for len(b) > 0 {
+		m, err := p.w.Write(b[:min(int64(len(b)), p.end+pace-p.off)])
+		n += m
+		p.off += int64(m)
+		b = b[m:]
+		if err != nil {
 			return n, err
 		}
-	}
-	p.start, p.end = p.end, p.off
-	p.throttle.wait(p.off - p.metered)
-	p.metered = p.off
-	if p.throttle.aborted() {
-		return n, ErrAborted
+		if p.off-p.end < pace {
+			continue // b is all written
+		}
+		if !p.unpaced {
+			if err := p.handOver(); err != nil {
+				return n, err
+			}
+		}
+		p.start, p.end = p.end, p.off
+		p.throttle.wait(p.off - p.metered)
+		p.metered = p.off
+		if p.throttle.aborted() {
+			return n, ErrAborted
+		}
 	}
 	return n, nil
 }

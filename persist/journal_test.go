@@ -500,6 +500,40 @@ func (c fdConn) Control(f func(fd uintptr)) error { f(c.fd); return nil }
 func (fdConn) Read(func(uintptr) bool) error      { return nil }
 func (fdConn) Write(func(uintptr) bool) error     { return nil }
 
+// A write of a buffer's worth reaches the file and the disk a stretch at a time: one
+// handed over at once holds up the journal's fsyncs that come meanwhile.
+func TestPacedWriterCutsStretches(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "big"))
+	require.NoError(t, err)
+	defer f.Close()
+	var sizes []int
+	rec := writerFunc(func(b []byte) (int, error) {
+		sizes = append(sizes, len(b))
+		return f.Write(b)
+	})
+	p := &pacedWriter{w: rec, rc: fdConn{f.Fd()}}
+
+	n, err := p.Write(make([]byte, 5*pace+10))
+	require.NoError(t, err)
+	require.Equal(t, 5*pace+10, n)
+	require.Equal(t, []int{pace, pace, pace, pace, pace, 10}, sizes)
+	require.Equal(t, [2]int64{4 * pace, 5 * pace}, [2]int64{p.start, p.end}, "the last full stretch is handed over")
+
+	sizes = nil
+	_, err = p.Write(make([]byte, pace)) // crosses the end of the sixth stretch
+	require.NoError(t, err)
+	require.Equal(t, []int{pace - 10, 10}, sizes)
+	require.Equal(t, int64(6*pace), p.end)
+	require.False(t, p.unpaced)
+	fi, err := f.Stat()
+	require.NoError(t, err)
+	require.Equal(t, int64(6*pace+10), fi.Size())
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (w writerFunc) Write(b []byte) (int, error) { return w(b) }
+
 // A write error sync_file_range reports comes out of Write: the kernel reports it
 // once, and the fsync after it would succeed. Where sync_file_range is not supported
 // (a pipe, say), writing carries on unpaced.
