@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func sampleJournal(t testing.TB) []byte {
@@ -458,7 +459,7 @@ func TestNoThrottle(t *testing.T) {
 func TestWriteSnapshotThrottled(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sessions.json")
 	var frags [][]byte
-	for i := range 150 { // 3 MB: three stretches
+	for i := range 150 { // 3 MB: many stretches
 		frags = append(frags, EncodeEntry(fmt.Sprint("k", i), Value{Kind: String, Str: Quote(strings.Repeat("x", 20000))}))
 	}
 	write := func(th *Throttle) time.Duration {
@@ -470,7 +471,7 @@ func TestWriteSnapshotThrottled(t *testing.T) {
 		require.Equal(t, AppendStore(nil, frags), got)
 		return time.Since(start)
 	}
-	// 20 MB/s: at least 2 MiB / 20 MB/s after the second stretch.
+	// 20 MB/s: the bucket starts empty, so ~3 MB take ~150 ms.
 	require.GreaterOrEqual(t, write(NewThrottle(20e6)), 100*time.Millisecond)
 
 	// 150 KB/s would take 20 s; hurried, it finishes at once.
@@ -503,31 +504,125 @@ func (fdConn) Write(func(uintptr) bool) error     { return nil }
 // A write of a buffer's worth reaches the file and the disk a stretch at a time: one
 // handed over at once holds up the journal's fsyncs that come meanwhile.
 func TestPacedWriterCutsStretches(t *testing.T) {
+	p, sizes := pacedFile(t, nil)
+	n, err := p.Write(make([]byte, 5*pace+10))
+	require.NoError(t, err)
+	require.Equal(t, 5*pace+10, n)
+	require.Equal(t, []int{pace, pace, pace, pace, pace, 10}, *sizes)
+	require.Equal(t, int64(5*pace), p.end, "every full stretch is handed over")
+
+	*sizes = nil
+	_, err = p.Write(make([]byte, pace)) // crosses the end of the sixth stretch
+	require.NoError(t, err)
+	require.Equal(t, []int{pace - 10, 10}, *sizes)
+	require.Equal(t, int64(6*pace), p.end)
+	require.False(t, p.unpaced)
+}
+
+// fileRangeCall is one sync_file_range call: a stretch started (wait false), or the
+// disk waited for (wait true).
+type fileRangeCall struct {
+	off, n int64
+	wait   bool
+}
+
+// watchSyncFileRange records the calls pacedWriter makes until the test ends; they still
+// go to the kernel.
+func watchSyncFileRange(t *testing.T) *[]fileRangeCall {
+	var calls []fileRangeCall
+	real := syncFileRange
+	syncFileRange = func(fd int, off, n int64, flags int) error {
+		calls = append(calls, fileRangeCall{off, n, flags&unix.SYNC_FILE_RANGE_WAIT_AFTER != 0})
+		return real(fd, off, n, flags)
+	}
+	t.Cleanup(func() { syncFileRange = real })
+	return &calls
+}
+
+// pacedFile is a pacedWriter over a new real file, with writes to it counted by size.
+func pacedFile(t *testing.T, th *Throttle) (*pacedWriter, *[]int) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "big"))
 	require.NoError(t, err)
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
 	var sizes []int
 	rec := writerFunc(func(b []byte) (int, error) {
 		sizes = append(sizes, len(b))
 		return f.Write(b)
 	})
-	p := &pacedWriter{w: rec, rc: fdConn{f.Fd()}}
+	return &pacedWriter{w: rec, rc: fdConn{f.Fd()}, throttle: th}, &sizes
+}
 
-	n, err := p.Write(make([]byte, 5*pace+10))
-	require.NoError(t, err)
-	require.Equal(t, 5*pace+10, n)
-	require.Equal(t, []int{pace, pace, pace, pace, pace, 10}, sizes)
-	require.Equal(t, [2]int64{4 * pace, 5 * pace}, [2]int64{p.start, p.end}, "the last full stretch is handed over")
+// While a Throttle limits a write, one stretch is on its way to the disk beside the one
+// just started; once nothing does (no Throttle, or a hurried one), a megabyte is, so that
+// a flush is not held to the disk's latency a stretch at a time.
+func TestPacedWriterInFlight(t *testing.T) {
+	calls := watchSyncFileRange(t)
+	started := func(k int64) fileRangeCall { return fileRangeCall{k * pace, pace, false} }
+	waited := func(from, to int64) fileRangeCall { return fileRangeCall{from * pace, (to - from) * pace, true} }
 
-	sizes = nil
-	_, err = p.Write(make([]byte, pace)) // crosses the end of the sixth stretch
+	th := NewThrottle(1e12)
+	p, _ := pacedFile(t, th)
+	_, err := p.Write(make([]byte, 3*pace))
 	require.NoError(t, err)
-	require.Equal(t, []int{pace - 10, 10}, sizes)
-	require.Equal(t, int64(6*pace), p.end)
-	require.False(t, p.unpaced)
-	fi, err := f.Stat()
+	require.Equal(t, []fileRangeCall{started(0), started(1), waited(0, 1), started(2), waited(1, 2)}, *calls)
+
+	*calls = nil
+	th.Hurry()
+	_, err = p.Write(make([]byte, 9*pace))
 	require.NoError(t, err)
-	require.Equal(t, int64(6*pace+10), fi.Size())
+	require.Equal(t, []fileRangeCall{started(3), started(4), started(5), started(6), started(7), started(8), started(9),
+		started(10), waited(2, 3), started(11), waited(3, 4)}, *calls, "hurried: it waits only for what is a megabyte back")
+
+	*calls = nil
+	p, _ = pacedFile(t, nil)
+	_, err = p.Write(make([]byte, 10*pace))
+	require.NoError(t, err)
+	require.Equal(t, []fileRangeCall{started(0), started(1), started(2), started(3), started(4), started(5), started(6),
+		started(7), started(8), waited(0, 1), started(9), waited(1, 2)}, *calls)
+}
+
+// A write that fails part-way says how much of it the file took, and the stretches
+// handed over are those it completed.
+func TestPacedWriterFailsPartWay(t *testing.T) {
+	var sink bytes.Buffer
+	f, err := os.Create(filepath.Join(t.TempDir(), "big"))
+	require.NoError(t, err)
+	defer f.Close()
+	full := errors.New("no space")
+	p := &pacedWriter{rc: fdConn{f.Fd()}, w: writerFunc(func(b []byte) (int, error) {
+		if room := 2*pace + 100 - sink.Len(); len(b) > room {
+			sink.Write(b[:room])
+			return room, full
+		}
+		return sink.Write(b)
+	})}
+	n, err := p.Write(make([]byte, 8*pace))
+	require.ErrorIs(t, err, full)
+	require.Equal(t, 2*pace+100, n)
+	require.Equal(t, [3]int64{2*pace + 100, 2 * pace, 2 * pace}, [3]int64{p.off, p.end, p.metered})
+}
+
+// The throttle meters, and an abort is seen, a stretch at a time, not a Write at a time:
+// a buffer of a megabyte is not handed to the disk at once, and an abandoned snapshot
+// stops within a stretch.
+func TestPacedWriterThrottlesEachStretch(t *testing.T) {
+	th := NewThrottle(20 * pace) // 50 ms a stretch
+	var times []time.Time
+	p, _ := pacedFile(t, th)
+	inner := p.w
+	p.w = writerFunc(func(b []byte) (int, error) {
+		times = append(times, time.Now())
+		return inner.Write(b)
+	})
+	_, err := p.Write(make([]byte, 4*pace))
+	require.NoError(t, err)
+	require.Len(t, times, 4)
+	require.GreaterOrEqual(t, times[3].Sub(times[0]), 120*time.Millisecond, "three stretches' worth of waiting between them")
+
+	th.Abort()
+	n, err := p.Write(make([]byte, 8*pace))
+	require.ErrorIs(t, err, ErrAborted)
+	require.Equal(t, pace, n, "it stops at the end of the first stretch")
 }
 
 type writerFunc func([]byte) (int, error)
