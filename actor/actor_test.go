@@ -759,6 +759,40 @@ func TestJournalCompaction(t *testing.T) {
 	require.Equal(t, 201.0, h.ok("get", `{"key":"k9"}`)["rev"])
 }
 
+// A journal that is mostly the dedup window's outcomes is not rewritten: the new one
+// would have to hold them all. Once they expire, it is.
+func TestCompactionWaitsForOutcomesToExpire(t *testing.T) {
+	var now atomic.Int64
+	now.Store(1_000_000)
+	h := newHarness(t, func(c *Config) {
+		c.CompactBytes = 4096
+		c.DedupWindow = time.Minute
+		c.Now = func() time.Time { return time.UnixMilli(now.Load()) }
+	}).start()
+	big := strings.Repeat("x", 2000)
+	for i := range 10 { // 20 KB of outcomes, all in the window
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"v":"%s"},"request_id":"r%d"}`, i, big, i))
+	}
+	journal := h.cfg.Store + ".journal"
+	compacting := func() bool { h.a.own.Lock(); defer h.a.own.Unlock(); return h.a.compacting }
+	h.ok("flush", ``)
+	require.False(t, compacting(), "the outcomes are the journal")
+	fi, err := os.Stat(journal)
+	require.NoError(t, err)
+	require.Greater(t, fi.Size(), int64(20_000))
+
+	now.Add(2 * time.Minute.Milliseconds())
+	h.ok("patch", `{"key":"k0","merge":{"after":true}}`) // evicts the expired records
+	h.ok("flush", ``)
+	require.Eventually(t, func() bool {
+		fi, err := os.Stat(journal)
+		return err == nil && fi.Size() < 4096
+	}, 5*time.Second, time.Millisecond, "compacted once the outcomes expired")
+	h.restart()
+	require.Equal(t, 11.0, h.ok("get", `{"key":"k0"}`)["rev"])
+	require.Equal(t, 12.0, h.ok("patch", `{"key":"k1","merge":{},"request_id":"r1"}`)["rev"], "r1 expired: it ran again")
+}
+
 func TestStopAnswersQueuedAndRefusesLater(t *testing.T) {
 	h := newHarness(t, nil).start()
 	var chans []<-chan Reply
@@ -983,11 +1017,12 @@ func TestThrottledCompactionHurriedAtStop(t *testing.T) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
 	}).start()
 	big := strings.Repeat("x", 100_000)
-	for i := range 15 {
-		// A patch's outcome is its entry: the new journal's checkpoint holds 1.5 MB.
-		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"v":"%s"},"request_id":"r%d"}`, i, big, i))
+	for i := range 15 { // 1.5 MB of journal, that the snapshot makes obsolete
+		h.ok("patch", fmt.Sprintf(`{"key":"k%d","merge":{"v":"%s"}}`, i, big))
 	}
-	h.ok("flush", `{}`) // hurried; then a compaction starts, at 10 kB/s: minutes
+	// A patch's outcome is its entry: the new journal's checkpoint holds 200 KB.
+	h.ok("patch", fmt.Sprintf(`{"key":"k","merge":{"v":"%s%s"},"request_id":"r"}`, big, big))
+	h.ok("flush", `{}`) // hurried; then a compaction starts, at 10 kB/s: 20 s
 	time.Sleep(200 * time.Millisecond)
 	require.True(t, func() bool { h.a.own.Lock(); defer h.a.own.Unlock(); return h.a.compacting }(), "compacting")
 	done := make(chan error, 1)
@@ -1232,6 +1267,25 @@ func TestDedupTableCollisions(t *testing.T) {
 	require.Equal(t, "<none>", body("a"))
 	require.Zero(t, tb.len())
 	require.Empty(t, tb.byHash)
+	require.Zero(t, tb.bytes)
+}
+
+// The table counts the bytes a checkpoint copies: the request_ids, bodies and patch
+// entries it holds, whether an entry's bytes are in memory or only in the journal.
+func TestDedupTableBytes(t *testing.T) {
+	tb := newDedupTable()
+	frag := []byte(`  "k": {"v": 1}`)
+	tb.add(&persist.Dedup{ID: "r1", Time: 1, Body: []byte(`{"rev":1}`), Frag: frag})
+	tb.add(&persist.Dedup{ID: "r2", Time: 2, Body: []byte(`{"rev":2}`)})
+	tb.add(&persist.Dedup{ID: "r3", Time: 3, Body: []byte(`{"rev":3}`), Ref: persist.FragRef{At: 100, Len: 40}})
+	require.Equal(t, int64(3*(2+9)+len(frag)+40), tb.bytes)
+	tb.place(0, persist.FragRef{At: 7, Len: int32(len(frag))}) // the entry is in the journal now
+	require.Nil(t, tb.recs[0].frag)
+	require.Equal(t, int64(3*(2+9)+len(frag)+40), tb.bytes)
+	tb.undoLast()
+	require.Equal(t, int64(2*(2+9)+len(frag)), tb.bytes)
+	tb.evict(10, 5, 100)
+	require.Zero(t, tb.bytes)
 }
 
 // Random puts, patches, deletes, txns and snapshots, then a journal rebuilt from memory

@@ -27,6 +27,7 @@ type dedupTable struct {
 	byHash map[uint64]uint64 // hash of a request_id -> seq+1 of the newest record with it
 	recs   []dedupRec        // recs[i] has seq base+i, oldest first
 	base   uint64
+	bytes  int64 // the request_ids, bodies and patch entries of recs: what a checkpoint copies
 }
 
 type dedupRec struct {
@@ -66,6 +67,15 @@ func (r *dedupRec) dedup() *persist.Dedup {
 
 func (t *dedupTable) len() int { return len(t.recs) }
 
+// size is what r adds to a checkpoint, frame overhead aside. A ref, once set, is to the
+// bytes frag held, so the size does not change with it.
+func (r *dedupRec) size() int64 {
+	if r.frag != nil {
+		return int64(len(r.idBody) + len(r.frag))
+	}
+	return int64(len(r.idBody)) + int64(r.ref.Len)
+}
+
 // end is the seq the next record added gets.
 func (t *dedupTable) end() uint64 { return t.base + uint64(len(t.recs)) }
 
@@ -77,6 +87,7 @@ func (t *dedupTable) add(d *persist.Dedup) {
 	seq := t.end()
 	t.recs = append(t.recs, dedupRec{idBody: idBody, frag: d.Frag, ref: d.Ref, time: d.Time, hash: h, prev: t.byHash[h],
 		idLen: int32(len(d.ID)), err: d.Err, fp: d.Fingerprint})
+	t.bytes += t.recs[len(t.recs)-1].size()
 	t.byHash[h] = seq + 1
 }
 
@@ -126,6 +137,7 @@ func (t *dedupTable) shift(from uint64, n int64) {
 // rolled back.
 func (t *dedupTable) undoLast() {
 	r := t.recs[len(t.recs)-1]
+	t.bytes -= r.size()
 	t.recs[len(t.recs)-1] = dedupRec{}
 	t.recs = t.recs[:len(t.recs)-1]
 	if r.prev > t.base {
@@ -143,6 +155,7 @@ func (t *dedupTable) evict(now, window int64, max int) {
 		if t.byHash[r.hash] == t.base+uint64(n)+1 {
 			delete(t.byHash, r.hash) // no newer record has its hash
 		}
+		t.bytes -= r.size()
 		*r = dedupRec{}
 		n++
 	}
