@@ -182,6 +182,7 @@ func (t *Throttle) aborted() bool { return t != nil && t.abort.Load() }
 // limiting says whether the write still keeps to the rate: not hurried, not aborted.
 func (t *Throttle) limiting() bool { return t != nil && t.done.Err() == nil }
 
+// bucket is how deep the throttle's token bucket is.
 const bucket = 1 << 20
 
 // pace is the stretch pacedWriter hands to the disk at a time. A journal fsync that comes
