@@ -1012,11 +1012,12 @@ func (a *Actor) compactJournal(id persist.SnapshotID) {
 	if a.journalErr != nil || a.journal.Broken() != nil {
 		return
 	}
-	// Compact once the journal is over CompactBytes, twice what the last compaction left,
-	// and twice the dedup window's records, which the new journal must hold: until they
-	// expire a compaction copies them for next to nothing (patches of large entries with
-	// request_ids fill the journal with outcomes, all of them still in the window for
-	// the first few minutes), and after every snapshot it would cost more than it saves.
+	// Compact once the journal is over CompactBytes and twice what the last compaction
+	// left (the checkpoint alone can be large: rewriting it after every snapshot would
+	// cost more than it saves), and once it is over twice the bytes of the dedup window's
+	// outcomes, which the new journal must copy: until they expire (patches of large
+	// entries with request_ids, the first minutes after a start) it would free next to
+	// nothing.
 	if size := a.journal.Size(); size <= a.cfg.CompactBytes || size <= 2*a.compactBase || size <= 2*a.dedup.bytes {
 		if err := a.writeJournal(persist.AppendDone(nil, id), false); err != nil {
 			a.log.Error("journal write failed; writing a new journal from memory", "err", err)
